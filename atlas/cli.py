@@ -1,0 +1,236 @@
+"""The command line. Each command parses its options and calls one engine function;
+AtlasError becomes `error:`/`hint:` lines on stderr and its exit code, in one place.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from atlas import __version__
+from atlas.errors import EXIT_INTERRUPTED, EXIT_OK, AtlasError, InvalidManifests
+
+
+class AtlasGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InvalidManifests as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            _fail(exc)
+        except AtlasError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def _fail(exc: AtlasError) -> None:
+    click.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _project(ctx: click.Context):
+    from atlas.loader import find_root, load_project
+
+    obj = ctx.find_root().obj or {}
+    root = find_root(Path(obj.get("dir") or "."))
+    return load_project(root, obj.get("registry"))
+
+
+def _probe():
+    from atlas.probe import probe
+
+    return probe()
+
+
+@click.group(cls=AtlasGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="atlas")
+@click.option("-C", "--dir", "dir_", type=click.Path(file_okay=False), default=None,
+              help="Project folder (default: the nearest folder at or above here holding tasks/).")
+@click.pass_context
+def main(ctx: click.Context, dir_: str | None) -> None:
+    """atlas runs a GPU machine-learning workplan declared as YAML manifests in tasks/.
+
+    \b
+    Typical session:
+      atlas validate                 check every manifest (exit 3 on problems)
+      atlas plan AG-DS-LIBTEST-001   what would run, and why
+      atlas run AG-DS-LIBTEST-001    run it and everything it depends on
+      atlas status                   last result of every step
+      atlas show AG-DS-LIBTEST-001   params, metrics, artifacts and log of one step
+
+    Exit codes: 0 ok or up to date, 1 a step failed, 2 usage, 3 invalid manifests,
+    4 steps skipped under --strict, 130 interrupted.
+    """
+    ctx.ensure_object(dict)
+    if dir_:
+        ctx.obj["dir"] = dir_
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def validate(ctx: click.Context, as_json: bool) -> None:
+    """Check every manifest in tasks/ and report every problem at once.
+
+    Problems print as tasks/FILE.yaml:LINE:COL: message [field.path]; exit code 3 when any.
+    """
+    try:
+        project = _project(ctx)
+    except InvalidManifests as exc:
+        if not as_json:
+            raise
+        _emit_json({"valid": False, "problems": [p.as_dict() for p in exc.problems]})
+        sys.exit(exc.exit_code)
+    result = {"valid": True, "steps": len(project.steps), "root": str(project.root)}
+    _emit_json(result) if as_json else click.echo(f"{len(project.steps)} manifests valid in {project.root}/tasks")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of a task manifest (for editors and pre-commit hooks)."""
+    from atlas.manifest import Manifest
+
+    data = Manifest.model_json_schema(by_alias=True)
+    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    data["title"] = "atlas task manifest"
+    _emit_json(data)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--json", "fmt", flag_value="json", help="JSON on stdout.")
+@click.option("--dot", "fmt", flag_value="dot", help="Graphviz DOT (pipe into `dot -Tsvg`).")
+@click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart (for Markdown).")
+@click.option("-f", "--force", is_flag=True, help="Plan the targets as forced.")
+@click.option("--force-all", is_flag=True, help="Plan every step as forced.")
+@click.pass_context
+def plan(ctx: click.Context, targets: tuple[str, ...], fmt: str | None, force: bool, force_all: bool) -> None:
+    """Show what `atlas run TARGET...` would do: levels that may run in parallel, and for
+    each step run / up to date / skip / wait with the reason. No TARGET: every step."""
+    from atlas import render
+    from atlas.workflow import check_targets, make_plan, open_store
+
+    project = _project(ctx)
+    chosen = check_targets(project, targets)
+    store = open_store(project)
+    graph, p = make_plan(project, store, _probe(), chosen, chosen if force else (), force_all)
+    store.close()
+    renderers = {"json": lambda: json.dumps(render.plan_json(project, graph, p), indent=2),
+                 "dot": lambda: render.plan_dot(project, graph, p),
+                 "mermaid": lambda: render.plan_mermaid(project, graph, p)}
+    click.echo(renderers.get(fmt or "", lambda: render.plan_text(project, graph, p))())
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("-n", "--dry-run", is_flag=True, help="Only show the plan (same as `atlas plan`).")
+@click.option("-f", "--force", is_flag=True, help="Re-run the targets even when up to date.")
+@click.option("--force-all", is_flag=True, help="Re-run the targets and all their upstream steps.")
+@click.option("-k", "--keep-going", is_flag=True, help="After a failure, go on with independent steps.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent steps run in parallel; each GPU step gets its own CUDA_VISIBLE_DEVICES.")
+@click.option("--strict", is_flag=True, help="Exit 4 when any step was skipped or is waiting.")
+@click.option("--wait", "wait_lock", is_flag=True, help="Queue behind another atlas run instead of stopping.")
+@click.option("-v", "--verbose", is_flag=True, help="Echo every step's log lines to stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary on stdout.")
+@click.pass_context
+def run(ctx: click.Context, targets: tuple[str, ...], dry_run: bool, **opts: Any) -> None:
+    """Run the TARGET tasks and everything upstream of them, skipping what is up to date."""
+    if dry_run:
+        ctx.invoke(plan, targets=targets, fmt="json" if opts["as_json"] else None, force=opts["force"],
+                   force_all=opts["force_all"])
+        return
+    from atlas.console import RunDisplay
+    from atlas.workflow import RunOptions, run as run_workflow
+
+    as_json, verbose = opts.pop("as_json"), opts.pop("verbose")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops cleanly, like Ctrl-C
+    project = _project(ctx)
+    with RunDisplay(out=sys.stderr if as_json else sys.stdout, verbose=verbose) as display:
+        report = run_workflow(project, _probe(), RunOptions(list(targets), argv=sys.argv, **opts), display)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    _emit_json(report.as_dict()) if as_json else click.echo(f"run {report.run_id}: {counts}")
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The last status of every step, in work-breakdown order."""
+    from atlas.queries import status as status_rows
+    from atlas.render import status_text
+
+    rows = status_rows(_project(ctx))
+    _emit_json(rows) if as_json else click.echo(status_text(rows))
+
+
+@main.command()
+@click.argument("task")
+@click.option("--log", "log_lines", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many log lines to show.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_context
+def show(ctx: click.Context, task: str, log_lines: int, as_json: bool) -> None:
+    """One step: manifest, params, fingerprint, why it last ran, metrics, artifacts, log tail."""
+    from atlas.queries import show as show_step
+    from atlas.render import show_text
+
+    detail = show_step(_project(ctx), task, log_lines)
+    _emit_json(detail) if as_json else click.echo(show_text(detail))
+
+
+@main.command()
+@click.argument("task", required=False)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_context
+def history(ctx: click.Context, task: str | None, limit: int, as_json: bool) -> None:
+    """Past step runs, newest first (of one TASK, or of all)."""
+    from dataclasses import asdict
+
+    from atlas.queries import history as step_history
+    from atlas.render import history_text
+
+    rows = step_history(_project(ctx), task, limit)
+    _emit_json([asdict(r) for r in rows]) if as_json else click.echo(history_text(rows))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def env(as_json: bool) -> None:
+    """What this machine offers: GPUs, driver, CUDA, cuDNN, TensorRT, DALI, CuPy, ... .
+
+    Works outside a project; imports no framework, so it is fast without a GPU."""
+    from atlas.queries import env_report, env_text
+
+    report = env_report(_probe())
+    _emit_json(report) if as_json else click.echo(env_text(report))
+
+
+@main.command()
+@click.argument("task")
+@click.option("--note", required=True, help="What was done; kept with the step's outputs.")
+@click.option("--wait", "wait_lock", is_flag=True, help="Queue behind a running atlas run.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_context
+def done(ctx: click.Context, task: str, note: str, wait_lock: bool, as_json: bool) -> None:
+    """Mark a manual step complete (its evidence files must exist)."""
+    from atlas.workflow import mark_done
+
+    result = mark_done(_project(ctx), _probe(), task, note, wait_lock)
+    _emit_json(result) if as_json else click.echo(f"{task}: marked done ({len(result['artifacts'])} file(s) kept)")
+    sys.exit(EXIT_OK)

@@ -1,0 +1,261 @@
+"""Load tasks/: parse every manifest, validate it, and report every problem at once.
+
+Each problem is located as `tasks/FILE.yaml:LINE:COL: message [field.path]` using the
+node positions kept by atlas.yamlpos (the dvc strictyaml approach).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, ValidationError
+
+from atlas import yamlpos
+from atlas.errors import InvalidManifests, ManifestProblem, ProjectNotFound
+from atlas.graph import build_graph, find_cycles
+from atlas.handler import Handler, Params
+from atlas.manifest import Manifest, ProjectDefaults
+from atlas.registry import HandlerLoadError, Registry
+
+TASKS_DIR = "tasks"
+DEFAULTS_FILE = "project.yaml"
+
+
+@dataclass
+class Step:
+    manifest: Manifest
+    file: str                      # relative to the project root, e.g. tasks/AG-DS-X-001.yaml
+    handler: type[Handler]
+    params: Params
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    def requirements(self) -> list[str]:
+        return sorted(set(self.handler.requires) | set(self.manifest.requires))
+
+
+@dataclass
+class Project:
+    root: Path
+    defaults: ProjectDefaults
+    steps: dict[str, Step]
+    graph: nx.DiGraph
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / ".atlas"
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` that holds tasks/."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / TASKS_DIR).is_dir():
+            return folder
+    raise ProjectNotFound(f"no {TASKS_DIR}/ folder in {start} or any parent",
+                          "run atlas inside a project, or pass -C PROJECT_DIR")
+
+
+def _field_path(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[ManifestProblem] = []
+
+    def add(self, file: str, pos: tuple[int, int], message: str, path: tuple = ()) -> None:
+        self.problems.append(ManifestProblem(file, pos[0], pos[1], message, _field_path(path)))
+
+    def pydantic(self, file: str, located: yamlpos.Located, exc: ValidationError,
+                 prefix: tuple = (), model: type[BaseModel] | None = None) -> None:
+        seen: set[tuple] = set()
+        for err in exc.errors():
+            path = prefix + _data_path(located.data, prefix, err["loc"])
+            if path in seen:          # a Union reports once per branch: keep the first
+                continue
+            seen.add(path)
+            kind = err["type"]
+            if kind == "extra_forbidden":
+                message = f"unknown field {path[-1]!r}" + _suggest(path[-1], _fields_at(model, path, prefix))
+                pos = located.where(path, key=True)
+            elif kind == "missing":
+                message = f"missing required field {path[-1]!r}"
+                pos = located.where(path[:-1])
+            else:
+                message = f"{err['msg']} (got {_short(err.get('input'))})"
+                pos = located.where(path)
+            self.add(file, pos, message, path)
+
+
+def _data_path(data: Any, prefix: tuple, loc: tuple) -> tuple:
+    """Drop pydantic's union-branch labels (str, InputSpec, ...) that are not in the data."""
+    node = data
+    for key in prefix:
+        node = node.get(key) if isinstance(node, dict) else None
+    path: list = []
+    for i, key in enumerate(loc):
+        if isinstance(node, dict) and key in node:
+            path.append(key)
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            path.append(key)
+            node = node[key]
+        elif i == len(loc) - 1 and isinstance(node, dict):
+            path.append(key)      # a missing key
+    return tuple(path)
+
+
+def _fields_at(model: type[BaseModel] | None, path: tuple, prefix: tuple) -> list[str]:
+    if model is None or len(path) - len(prefix) != 1:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _suggest(name: Any, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read(path: Path, rel: str, out: _Collector) -> yamlpos.Located | None:
+    try:
+        located = yamlpos.load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        out.add(rel, (1, 1), f"not UTF-8 text: {exc.reason}")
+        return None
+    except yamlpos.YamlSyntaxError as exc:
+        out.add(rel, (exc.line, exc.col), exc.message)
+        return None
+    for dup_path, pos in located.duplicates:
+        out.add(rel, pos, f"duplicate key {dup_path[-1]!r}", dup_path)
+    if not isinstance(located.data, dict):
+        out.add(rel, (1, 1), "a manifest must be a YAML mapping (key: value lines)")
+        return None
+    return located
+
+
+def load_defaults(root: Path, out: _Collector) -> ProjectDefaults:
+    path = root / TASKS_DIR / DEFAULTS_FILE
+    if not path.exists():
+        return ProjectDefaults(name=root.name)
+    rel = f"{TASKS_DIR}/{DEFAULTS_FILE}"
+    located = _read(path, rel, out)
+    if located is None:
+        return ProjectDefaults(name=root.name)
+    try:
+        return ProjectDefaults.model_validate(located.data)
+    except ValidationError as exc:
+        out.pydantic(rel, located, exc, model=ProjectDefaults)
+        return ProjectDefaults(name=root.name)
+
+
+def load_project(root: Path, registry: Registry | None = None) -> Project:
+    """Load and validate tasks/; raise InvalidManifests listing every problem."""
+    registry = registry if registry is not None else Registry()
+    out = _Collector()
+    defaults = load_defaults(root, out)
+    manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
+    files = sorted(p for p in (root / TASKS_DIR).iterdir()
+                   if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE)
+    for path in files:
+        rel = f"{TASKS_DIR}/{path.name}"
+        located = _read(path, rel, out)
+        if located is None:
+            continue
+        try:
+            manifest = Manifest.model_validate(located.data)
+        except ValidationError as exc:
+            out.pydantic(rel, located, exc, model=Manifest)
+            continue
+        if manifest.id != path.stem:
+            out.add(rel, located.where(("id",)),
+                    f"id {manifest.id!r} does not match the file name (expected {path.stem!r})", ("id",))
+        if manifest.id in manifests:
+            other = manifests[manifest.id][1]
+            out.add(rel, located.where(("id",)), f"duplicate ID {manifest.id!r}: also defined in {other}", ("id",))
+            continue
+        manifests[manifest.id] = (manifest, rel, located)
+
+    steps = _bind_handlers(manifests, registry, out)
+    _check_links(manifests, defaults, steps, out)
+    graph = build_graph({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
+    for cycle in find_cycles(graph):
+        first = cycle[0]
+        manifest, rel, located = manifests[first]
+        index = manifest.depends_on.index(cycle[-1])
+        chain = " -> ".join([*cycle, first])
+        out.add(rel, located.where(("depends_on", index)), f"dependency cycle: {chain}", ("depends_on", index))
+    if out.problems:
+        raise InvalidManifests(out.problems)
+    return Project(root, defaults, steps, graph)
+
+
+def _bind_handlers(manifests: dict, registry: Registry, out: _Collector) -> dict[str, Step]:
+    steps: dict[str, Step] = {}
+    for tid, (manifest, rel, located) in manifests.items():
+        if manifest.handler not in registry:
+            hint = _suggest(manifest.handler, registry.names()) or f" (known: {', '.join(registry.names())})"
+            out.add(rel, located.where(("handler",)), f"unknown handler {manifest.handler!r}{hint}", ("handler",))
+            continue
+        try:
+            handler = registry.load(manifest.handler)
+        except HandlerLoadError as exc:
+            out.add(rel, located.where(("handler",)), exc.message, ("handler",))
+            continue
+        try:
+            params = handler.Params.model_validate(manifest.params)
+        except ValidationError as exc:
+            out.pydantic(rel, located, exc, prefix=("params",), model=handler.Params)
+            continue
+        steps[tid] = Step(manifest, rel, handler, params)
+    return steps
+
+
+def produces(handler: type[Handler], name: str) -> bool:
+    """Does a handler declare `name` as an output (a file, or inside a declared folder)?"""
+    for output in handler.outputs:
+        if name == output or name.rstrip("/") == output.rstrip("/"):
+            return True
+        if output.endswith("/") and name.startswith(output):
+            return True
+    return False
+
+
+def _check_links(manifests: dict, defaults: ProjectDefaults, steps: dict[str, Step], out: _Collector) -> None:
+    wbs = defaults.wbs_index()
+    for tid, (manifest, rel, located) in manifests.items():
+        for i, dep in enumerate(manifest.depends_on):
+            if dep not in manifests:
+                hint = _suggest(dep, list(manifests))
+                out.add(rel, located.where(("depends_on", i)), f"unknown task {dep!r} in depends_on{hint}",
+                        ("depends_on", i))
+        node = wbs.get(manifest.wbs)
+        if wbs and node is None:
+            out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} is not in the project hierarchy "
+                    f"(tasks/{DEFAULTS_FILE})", ("wbs",))
+        elif node is not None and node.task and node.task != tid:
+            out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} belongs to {node.task} in the "
+                    f"project hierarchy (tasks/{DEFAULTS_FILE})", ("wbs",))
+        for name, spec in manifest.input_specs().items():
+            source, output = spec.from_.split(":", 1)
+            pos, path = located.where(("inputs", name)), ("inputs", name)
+            if source not in manifest.depends_on:
+                out.add(rel, pos, f"input {name!r} comes from {source}, which is not in depends_on", path)
+            elif source in steps and not produces(steps[source].handler, output):
+                handler = steps[source].handler
+                made = ", ".join(handler.outputs) or "nothing"
+                out.add(rel, pos, f"input {name!r}: {source} ({handler.name}) produces no {output!r} "
+                        f"(it produces: {made})", path)

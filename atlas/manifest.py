@@ -1,0 +1,129 @@
+"""Pydantic models of a task manifest (tasks/AG-DS-*.yaml) and the project defaults."""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from atlas.probe import CAPABILITIES
+
+TASK_ID_PATTERN = r"^AG-[A-Z0-9]+-[A-Z0-9]+-\d{3}$"
+Capability = Literal[tuple(CAPABILITIES)]  # type: ignore[valid-type]
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """'30m', '1h30m', '90s', '45' or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or text like 30m, 1h30m, 90s")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match or not any(match.groups()):
+            raise ValueError(f"{value!r} is not a duration (write 90s, 30m, 2h or 1h30m)")
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = h * 3600 + m * 60 + s
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_ref(value: str) -> str:
+    if ":" not in value or not value.split(":", 1)[1]:
+        raise ValueError(f"{value!r} is not an input reference (write TASK-ID:output-name)")
+    return value
+
+
+class InputSpec(Strict):
+    """Long form of an input: `{from: TASK:name, optional: true}`."""
+
+    from_: str = Field(alias="from")
+    optional: bool = False
+
+    @field_validator("from_")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        return _check_ref(value)
+
+
+class Manifest(Strict):
+    id: str = Field(pattern=TASK_ID_PATTERN, description="Atlas task ID, e.g. AG-DS-LIBTEST-001")
+    title: str = Field(min_length=1, description="original (Turkish) title from the workplan")
+    title_en: str = Field(min_length=1, description="English title")
+    wbs: str = Field(pattern=r"^\d+(\.\d+)*$", description="work-breakdown number, e.g. 1.2.2.1")
+    module: str | None = Field(None, description="module folder of the project this task touches")
+    libraries: list[str] = []
+    license: str = ""
+    description: str = ""
+    handler: str = Field(min_length=1, description="step type, an `atlas.handlers` entry point")
+    depends_on: list[str] = []
+    inputs: dict[str, Union[str, InputSpec]] = Field(
+        default_factory=dict, description="name -> TASK-ID:output, or {from: ..., optional: true}")
+    requires: list[Capability] = Field(default_factory=list, description="capabilities; unmet -> skipped")
+    params: dict[str, Any] = {}
+    timeout: float | None = Field(None, description="e.g. 30m, 2h, 90s; the step is killed after it")
+    retries: int = Field(0, ge=0, le=10)
+    gpus: Literal[0, 1, "all"] | None = Field(
+        None, description="GPUs a step takes under -j: 0, 1 or all (default: 1 when it requires cuda)")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("inputs")
+    @classmethod
+    def _refs(cls, value: dict) -> dict:
+        for spec in value.values():
+            if isinstance(spec, str):
+                _check_ref(spec)
+        return value
+
+    def input_specs(self) -> dict[str, InputSpec]:
+        return {name: InputSpec(**{"from": spec}) if isinstance(spec, str) else spec
+                for name, spec in self.inputs.items()}
+
+
+class WbsNode(Strict):
+    wbs: str = Field(pattern=r"^\d+(\.\d+)*$")
+    task: str | None = Field(None, description="the Atlas task of a Mikro Görev")
+    title: str
+    title_en: str = ""
+    children: list["WbsNode"] = []
+
+
+class DataDefaults(Strict):
+    root: str | None = Field(None, description="chest X-ray folder (train/ val/ test/); null = synthetic")
+    classes: list[str] = ["NORMAL", "PNEUMONIA"]
+    image_size: int = Field(224, ge=8)
+
+
+class ModelDefaults(Strict):
+    arch: str = "resnet50"
+    weights: str = "imagenet"
+
+
+class ProjectDefaults(Strict):
+    name: str
+    title: str = ""
+    owner: str = ""
+    data: DataDefaults = DataDefaults()
+    model: ModelDefaults = ModelDefaults()
+    hierarchy: list[WbsNode] = []
+
+    def wbs_index(self) -> dict[str, WbsNode]:
+        index: dict[str, WbsNode] = {}
+
+        def walk(nodes: list[WbsNode]) -> None:
+            for node in nodes:
+                index[node.wbs] = node
+                walk(node.children)
+
+        walk(self.hierarchy)
+        return index

@@ -1,0 +1,206 @@
+"""The capability probe: what this machine can run, found without importing frameworks.
+
+Everything here must stay fast on a machine without a GPU: package versions come from
+installed metadata (importlib.metadata), the GPU list from `nvidia-smi` when it exists,
+the driver's CUDA version from libcuda through ctypes. torch is never imported.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata as md
+import importlib.util
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+# capability -> (reason when missing, hint). `requires:` in manifests uses these names.
+CAPABILITIES: dict[str, tuple[str, str]] = {
+    "cuda": ("no CUDA device", "run on a machine with an NVIDIA GPU and driver; `atlas env` shows what was found"),
+    "multi_gpu": ("fewer than 2 CUDA devices", "run on a machine with 2 or more GPUs, or lower nproc_per_node"),
+    "torch": ("PyTorch not installed", "pip install torch torchvision"),
+    "torchvision": ("torchvision not installed", "pip install torch torchvision"),
+    "onnxruntime": ("ONNX Runtime not installed", "pip install onnxruntime (or onnxruntime-gpu)"),
+    "tensorrt": ("TensorRT not installed", "pip install tensorrt (NVIDIA's wheels), or put trtexec on PATH"),
+    "trtexec": ("trtexec not on PATH", "install TensorRT and add its bin/ folder to PATH"),
+    "dali": ("NVIDIA DALI not installed", "pip install nvidia-dali-cuda130 (or -cuda120 for CUDA 12)"),
+    "cupy": ("CuPy not installed", "pip install cupy-cuda13x (or cupy-cuda12x for CUDA 12)"),
+    "pycuda": ("PyCUDA not installed", "pip install pycuda"),
+    "tensorflow": ("TensorFlow not installed", "pip install tensorflow[and-cuda]"),
+    "nvcc": ("CUDA toolkit (nvcc) not on PATH", "install the CUDA toolkit, or add its bin/ folder to PATH"),
+}
+
+# import name -> distributions that provide it (first installed one wins)
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"),
+    "nvidia.dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
+    "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
+    "pycuda": ("pycuda",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),
+}
+_CAPABILITY_PACKAGE = {"torch": "torch", "torchvision": "torchvision", "onnxruntime": "onnxruntime",
+                       "tensorrt": "tensorrt", "dali": "nvidia.dali", "cupy": "cupy", "pycuda": "pycuda",
+                       "tensorflow": "tensorflow"}
+CUDNN_DISTS = ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    memory_mib: int
+    compute_capability: str
+    driver: str
+
+
+@dataclass
+class Probe:
+    gpus: list[Gpu] = field(default_factory=list)
+    driver: str | None = None
+    cuda_driver: str | None = None        # highest CUDA version the driver supports
+    nvcc: str | None = None               # CUDA toolkit on PATH
+    torch_cuda: str | None = None         # CUDA runtime the installed torch was built with
+    cudnn: str | None = None
+    packages: dict[str, str | None] = field(default_factory=dict)
+    trtexec: str | None = None
+    nvidia_smi_error: str | None = None
+
+    def has(self, capability: str) -> bool:
+        if capability == "cuda":
+            return bool(self.gpus)
+        if capability == "multi_gpu":
+            return len(self.gpus) >= 2
+        if capability == "trtexec":
+            return self.trtexec is not None
+        if capability == "nvcc":
+            return self.nvcc is not None
+        if capability == "tensorrt":
+            return self.packages.get("tensorrt") is not None or self.trtexec is not None
+        return self.packages.get(_CAPABILITY_PACKAGE[capability]) is not None
+
+    def capabilities(self) -> set[str]:
+        return {c for c in CAPABILITIES if self.has(c)}
+
+    def gpu_environment(self) -> dict:
+        """The part of the environment a GPU step's results depend on (fingerprinted)."""
+        return {"gpus": sorted({g.name for g in self.gpus}), "driver": self.driver,
+                "cuda_driver": self.cuda_driver, "torch": self.packages.get("torch"),
+                "torch_cuda": self.torch_cuda, "cudnn": self.cudnn,
+                "tensorrt": self.packages.get("tensorrt")}
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["capabilities"] = sorted(self.capabilities())
+        return data
+
+
+def package_version(import_name: str) -> str | None:
+    """Version of an importable package, read from metadata without importing it."""
+    try:
+        if importlib.util.find_spec(import_name) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    for dist in PACKAGES.get(import_name, (import_name,)):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def torch_cuda_build() -> str | None:
+    """CUDA version torch was built with, read from torch/version.py (no import)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    version_py = Path(list(spec.submodule_search_locations)[0]) / "version.py"
+    try:
+        match = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([\d.]+)['\"]", version_py.read_text(), re.M)
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def cudnn_version() -> str | None:
+    for dist in CUDNN_DISTS:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def cuda_driver_version() -> str | None:
+    """cuDriverGetVersion through libcuda: the newest CUDA the driver can run."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if lib.cuDriverGetVersion(ctypes.byref(version)) != 0 or version.value == 0:
+        return None
+    return f"{version.value // 1000}.{(version.value % 1000) // 10}"
+
+
+def query_gpus(timeout: float = 10.0) -> tuple[list[Gpu], str | None]:
+    """GPUs through nvidia-smi; ([], reason) when it is missing or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "nvidia-smi not found"
+    fields = "index,name,memory.total,compute_cap,driver_version"
+    try:
+        out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"nvidia-smi failed: {exc}"
+    if out.returncode != 0:
+        return [], f"nvidia-smi failed: {(out.stderr or out.stdout).strip()[:200]}"
+    gpus = []
+    for line in out.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 5:
+            continue
+        index, name, memory, cc, driver = parts
+        try:
+            gpus.append(Gpu(int(index), name, int(float(memory)), cc, driver))
+        except ValueError:
+            continue
+    return gpus, None
+
+
+def nvcc_version() -> str | None:
+    exe = shutil.which("nvcc")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out.stdout)
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=1)
+def probe() -> Probe:
+    gpus, smi_error = query_gpus()
+    return Probe(
+        gpus=gpus,
+        driver=gpus[0].driver if gpus else None,
+        cuda_driver=cuda_driver_version() if gpus else None,
+        nvcc=nvcc_version(),
+        torch_cuda=torch_cuda_build(),
+        cudnn=cudnn_version(),
+        packages={name: package_version(name) for name in PACKAGES},
+        trtexec=shutil.which("trtexec"),
+        nvidia_smi_error=smi_error,
+    )

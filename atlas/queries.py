@@ -1,0 +1,91 @@
+"""Read-only views of the state store and the machine: status, show, history, env."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from atlas.loader import Project
+from atlas.probe import CAPABILITIES, Probe
+from atlas.render import status_rows
+from atlas.state import StateStore
+from atlas.workflow import check_targets, open_store
+
+
+def _with_store(project: Project):
+    if not (project.state_dir / "state.db").exists():
+        return None
+    return open_store(project)
+
+
+def status(project: Project) -> list[dict]:
+    store = _with_store(project)
+    try:
+        return status_rows(project, store.last_steps() if store else {})
+    finally:
+        if store:
+            store.close()
+
+
+def show(project: Project, task: str, log_lines: int = 20) -> dict:
+    check_targets(project, [task])
+    step = project.steps[task]
+    detail = {"manifest": step.manifest.model_dump(mode="json", by_alias=True), "file": step.file,
+              "params": step.params.model_dump(mode="json"), "last": None, "metrics": [], "artifacts": [],
+              "log_tail": []}
+    store = _with_store(project)
+    if store is None:
+        return detail
+    try:
+        last = store.last_step(task)
+        if last is not None:
+            shown = last
+            # an up-to-date or skipped record has no metrics of its own: show the last success's
+            success = store.last_success(task)
+            source = success if last.status in ("up-to-date",) and success else last
+            detail["last"] = asdict(shown)
+            detail["metrics"] = store.metrics(source.id)
+            detail["artifacts"] = store.artifacts(source.id)
+            detail["log_tail"] = store.log_tail(source.id, log_lines)
+        return detail
+    finally:
+        store.close()
+
+
+def history(project: Project, task: str | None, limit: int) -> list:
+    if task:
+        check_targets(project, [task])
+    store = _with_store(project)
+    if store is None:
+        return []
+    try:
+        return store.history(task, limit)
+    finally:
+        store.close()
+
+
+def env_report(probe: Probe) -> dict:
+    data = probe.as_dict()
+    data["missing"] = {cap: {"reason": reason, "hint": hint} for cap, (reason, hint) in CAPABILITIES.items()
+                       if cap not in data["capabilities"]}
+    return data
+
+
+def env_text(report: dict) -> str:
+    lines = []
+    if report["gpus"]:
+        for g in report["gpus"]:
+            lines.append(f"GPU {g['index']}: {g['name']}, {g['memory_mib'] / 1024:.1f} GiB, "
+                         f"compute capability {g['compute_capability']}")
+    else:
+        lines.append(f"GPU: none ({report.get('nvidia_smi_error') or 'nvidia-smi found no device'})")
+    lines += [f"NVIDIA driver: {report['driver'] or '-'}",
+              f"CUDA (driver supports up to): {report['cuda_driver'] or '-'}",
+              f"CUDA runtime (torch build): {report['torch_cuda'] or '-'}",
+              f"CUDA toolkit (nvcc): {report['nvcc'] or '-'}",
+              f"cuDNN: {report['cudnn'] or '-'}",
+              f"trtexec: {report['trtexec'] or '-'}", "packages:"]
+    for name, version in report["packages"].items():
+        lines.append(f"  {name:<12} {version or 'not installed'}")
+    lines.append("capabilities: " + (", ".join(report["capabilities"]) or "none"))
+    for cap, why in report["missing"].items():
+        lines.append(f"  no {cap}: {why['reason']} — {why['hint']}")
+    return "\n".join(lines)

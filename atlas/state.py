@@ -1,0 +1,235 @@
+"""The state store: SQLite in .atlas/state.db (WAL) holding runs, step runs, metrics,
+artifacts and log lines. One writer (the runner) with many readers (status, plan).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+  id INTEGER PRIMARY KEY, started REAL NOT NULL, ended REAL, status TEXT NOT NULL,
+  targets TEXT NOT NULL, argv TEXT, host TEXT, pid INTEGER, atlas_version TEXT);
+CREATE TABLE IF NOT EXISTS step_runs (
+  id INTEGER PRIMARY KEY, run_id INTEGER REFERENCES runs(id), task TEXT NOT NULL,
+  handler TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, started REAL, ended REAL,
+  duration REAL, attempts INTEGER DEFAULT 0, fingerprint TEXT, components TEXT,
+  params TEXT, message TEXT, hint TEXT, findings TEXT, devices TEXT, note TEXT);
+CREATE INDEX IF NOT EXISTS step_runs_task ON step_runs(task, id);
+CREATE TABLE IF NOT EXISTS metrics (
+  step_run_id INTEGER REFERENCES step_runs(id), name TEXT NOT NULL, value REAL,
+  unit TEXT, step INTEGER, ts REAL);
+CREATE INDEX IF NOT EXISTS metrics_step ON metrics(step_run_id);
+CREATE TABLE IF NOT EXISTS artifacts (
+  step_run_id INTEGER REFERENCES step_runs(id), name TEXT NOT NULL, path TEXT NOT NULL,
+  sha256 TEXT NOT NULL, size INTEGER);
+CREATE INDEX IF NOT EXISTS artifacts_step ON artifacts(step_run_id);
+CREATE TABLE IF NOT EXISTS logs (
+  step_run_id INTEGER REFERENCES step_runs(id), ts REAL, line TEXT);
+CREATE INDEX IF NOT EXISTS logs_step ON logs(step_run_id);
+"""
+# statuses that end a step run; "running" rows left by a killed runner are repaired
+FINAL = ("succeeded", "failed", "skipped", "up-to-date", "waiting", "interrupted")
+
+
+@dataclass
+class StepRun:
+    id: int
+    run_id: int | None
+    task: str
+    handler: str
+    status: str
+    reason: str | None
+    started: float | None
+    ended: float | None
+    duration: float | None
+    attempts: int
+    fingerprint: str | None
+    components: dict
+    params: dict
+    message: str | None
+    hint: str | None
+    findings: list
+    devices: list
+    note: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "StepRun":
+        data = dict(row)
+        for key, empty in (("components", {}), ("params", {}), ("findings", []), ("devices", [])):
+            data[key] = json.loads(data[key]) if data[key] else empty
+        return cls(**data)
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions ------------------------------------------------------
+    class _Tx:
+        def __init__(self, store: "StateStore") -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            self.store.db.execute("BEGIN IMMEDIATE")
+            return self.store.db
+
+        def __exit__(self, exc_type, *rest) -> None:
+            try:
+                self.store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> "StateStore._Tx":
+        return StateStore._Tx(self)
+
+    # -- runs ----------------------------------------------------------------
+    def start_run(self, targets: list[str], argv: list[str], version: str) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO runs (started, status, targets, argv, host, pid, atlas_version) "
+                "VALUES (?, 'running', ?, ?, ?, ?, ?)",
+                (time.time(), json.dumps(targets), json.dumps(argv), socket.gethostname(), os.getpid(), version))
+            return int(cur.lastrowid)
+
+    def end_run(self, run_id: int, status: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?", (time.time(), status, run_id))
+
+    def repair_abandoned(self) -> int:
+        """Runs and step runs left 'running' by a runner that was killed (SIGKILL, power)."""
+        with self._tx() as db:
+            n = db.execute("UPDATE step_runs SET status = 'interrupted', reason = 'runner was killed', "
+                           "ended = COALESCE(ended, started) WHERE status = 'running'").rowcount
+            db.execute("UPDATE runs SET status = 'interrupted', ended = COALESCE(ended, started) "
+                       "WHERE status = 'running'")
+            return n
+
+    def runs(self, limit: int = 20) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) | {"targets": json.loads(r["targets"])} for r in rows]
+
+    def run(self, run_id: int) -> dict | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return dict(row) | {"targets": json.loads(row["targets"])} if row else None
+
+    # -- step runs -------------------------------------------------------------
+    def start_step(self, run_id: int | None, task: str, handler: str, status: str = "running", *,
+                   reason: str = "", fingerprint: str | None = None, components: dict | None = None,
+                   params: dict | None = None, devices: list | None = None) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO step_runs (run_id, task, handler, status, reason, started, fingerprint, "
+                "components, params, devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, task, handler, status, reason, time.time(), fingerprint,
+                 json.dumps(components or {}, sort_keys=True), json.dumps(params or {}, sort_keys=True),
+                 json.dumps(devices or [])))
+            return int(cur.lastrowid)
+
+    def finish_step(self, step_run_id: int, status: str, *, message: str = "", hint: str = "",
+                    findings: list | None = None, attempts: int = 0, note: str | None = None,
+                    reason: str | None = None) -> None:
+        assert status in FINAL, status
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE step_runs SET status = ?, ended = ?, duration = ? - started, message = ?, hint = ?, "
+                "findings = ?, attempts = ?, note = COALESCE(?, note), reason = COALESCE(?, reason) WHERE id = ?",
+                (status, now, now, message, hint, json.dumps(findings or []), attempts, note, reason,
+                 step_run_id))
+
+    def record_metric(self, step_run_id: int, name: str, value: float | None, unit: str = "",
+                      step: int | None = None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
+                       (step_run_id, name, value, unit, step, time.time()))
+
+    def record_logs(self, step_run_id: int, lines: list[tuple[float, str]]) -> None:
+        if not lines:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT INTO logs VALUES (?, ?, ?)", [(step_run_id, ts, line) for ts, line in lines])
+
+    def record_artifacts(self, step_run_id: int, artifacts: list[tuple[str, str, str, int]]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?)",
+                           [(step_run_id, *a) for a in artifacts])
+
+    # -- queries -------------------------------------------------------------
+    def _steps(self, sql: str, args: tuple) -> list[StepRun]:
+        return [StepRun.from_row(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def step_run(self, step_run_id: int) -> StepRun | None:
+        rows = self._steps("SELECT * FROM step_runs WHERE id = ?", (step_run_id,))
+        return rows[0] if rows else None
+
+    def last_step(self, task: str) -> StepRun | None:
+        rows = self._steps("SELECT * FROM step_runs WHERE task = ? ORDER BY id DESC LIMIT 1", (task,))
+        return rows[0] if rows else None
+
+    def last_success(self, task: str) -> StepRun | None:
+        """The step run whose outputs are current: the latest that succeeded."""
+        rows = self._steps("SELECT * FROM step_runs WHERE task = ? AND status = 'succeeded' "
+                           "ORDER BY id DESC LIMIT 1", (task,))
+        return rows[0] if rows else None
+
+    def last_successes(self) -> dict[str, StepRun]:
+        rows = self._steps("SELECT s.* FROM step_runs s JOIN (SELECT task, MAX(id) AS id FROM step_runs "
+                           "WHERE status = 'succeeded' GROUP BY task) m ON s.id = m.id", ())
+        return {r.task: r for r in rows}
+
+    def last_steps(self) -> dict[str, StepRun]:
+        rows = self._steps("SELECT s.* FROM step_runs s JOIN (SELECT task, MAX(id) AS id FROM step_runs "
+                           "GROUP BY task) m ON s.id = m.id", ())
+        return {r.task: r for r in rows}
+
+    def history(self, task: str | None = None, limit: int = 50) -> list[StepRun]:
+        if task:
+            return self._steps("SELECT * FROM step_runs WHERE task = ? ORDER BY id DESC LIMIT ?", (task, limit))
+        return self._steps("SELECT * FROM step_runs ORDER BY id DESC LIMIT ?", (limit,))
+
+    def steps_of_run(self, run_id: int) -> list[StepRun]:
+        return self._steps("SELECT * FROM step_runs WHERE run_id = ? ORDER BY id", (run_id,))
+
+    def metrics(self, step_run_id: int) -> list[dict]:
+        rows = self.db.execute("SELECT name, value, unit, step FROM metrics WHERE step_run_id = ? "
+                               "ORDER BY rowid", (step_run_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def artifacts(self, step_run_id: int) -> list[dict]:
+        rows = self.db.execute("SELECT name, path, sha256, size FROM artifacts WHERE step_run_id = ? "
+                               "ORDER BY name", (step_run_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def log_tail(self, step_run_id: int, lines: int = 20) -> list[str]:
+        rows = self.db.execute("SELECT line FROM (SELECT rowid, line FROM logs WHERE step_run_id = ? "
+                               "ORDER BY rowid DESC LIMIT ?) ORDER BY rowid", (step_run_id, lines)).fetchall()
+        return [r["line"] for r in rows]
+
+    def iter_rows(self, sql: str, args: tuple = ()) -> Iterator[dict[str, Any]]:
+        for row in self.db.execute(sql, args):
+            yield dict(row)

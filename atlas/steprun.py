@@ -1,0 +1,190 @@
+"""Runs one step for the executor: a process per attempt, its log, metrics and outputs
+recorded in the state store, GPUs assigned, retries and timeout applied.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from atlas import artifacts
+from atlas.console import RunDisplay
+from atlas.executor import Outcome
+from atlas.loader import Project, Step
+from atlas.planner import Decision
+from atlas.process import ProcessTable, run_step_process
+from atlas.state import StateStore
+
+LOG_FLUSH_LINES = 200
+LOG_FLUSH_S = 1.0
+
+
+class GpuPool:
+    """Hands out GPU indices under -j N so parallel GPU steps never share a device."""
+
+    def __init__(self, gpus: list[int], assign: bool) -> None:
+        self.all, self.free, self.assign = list(gpus), list(gpus), assign
+        self.cond = threading.Condition()
+
+    def acquire(self, want: int | str) -> list[int] | None:
+        """GPU indices for the step; None means: leave CUDA_VISIBLE_DEVICES alone."""
+        if not self.assign or want == 0 or not self.all:
+            return None
+        count = len(self.all) if want == "all" else min(int(want), len(self.all))
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.free) >= count)
+            taken, self.free = self.free[:count], self.free[count:]
+            return taken
+
+    def release(self, taken: list[int] | None) -> None:
+        if taken:
+            with self.cond:
+                self.free = sorted(self.free + taken)
+                self.cond.notify_all()
+
+
+class _LogBuffer:
+    def __init__(self, store: StateStore, step_run_id: int, echo: Callable[[str], None]) -> None:
+        self.store, self.id, self.echo = store, step_run_id, echo
+        self.lines: list[tuple[float, str]] = []
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        self.echo(line)
+        with self.lock:
+            self.lines.append((time.time(), line))
+            if len(self.lines) >= LOG_FLUSH_LINES or time.monotonic() - self.last > LOG_FLUSH_S:
+                self._flush()
+
+    def _flush(self) -> None:
+        self.store.record_logs(self.id, self.lines)
+        self.lines, self.last = [], time.monotonic()
+
+    def close(self) -> None:
+        with self.lock:
+            self._flush()
+
+
+@dataclass
+class StepRunner:
+    project: Project
+    store: StateStore
+    run_id: int
+    display: RunDisplay
+    facts: dict                      # task -> StepFacts computed when the step was decided
+    table: ProcessTable
+    gpu_pool: GpuPool
+
+    def __call__(self, task: str, decision: Decision) -> Outcome:
+        step = self.project.steps[task]
+        devices = self.gpu_pool.acquire(step_gpus(step))
+        try:
+            attempts = step.manifest.retries + 1
+            for attempt in range(1, attempts + 1):
+                outcome = self._attempt(step, decision, devices, attempt, attempts)
+                if outcome.status != "failed" or self.table.cancelled.is_set():
+                    return outcome
+            return outcome
+        finally:
+            self.gpu_pool.release(devices)
+
+    def _attempt(self, step: Step, decision: Decision, devices: list[int] | None,
+                 attempt: int, attempts: int) -> Outcome:
+        from atlas.fingerprint import fingerprint
+
+        comps = self.facts[step.id].components
+        state_dir = self.project.state_dir
+        sr = self.store.start_step(self.run_id, step.id, step.handler.name, reason=decision.reason,
+                                   fingerprint=fingerprint(comps), components=comps,
+                                   params=comps["params"], devices=devices or [])
+        tmp = artifacts.temp_dir(state_dir, step.id, sr)
+        self.display.step_started(step.id, decision.reason, attempt, attempts)
+        logs = _LogBuffer(self.store, sr, lambda line: self.display.log(step.id, line))
+        spec = {"task": step.id, "handler_ref": f"{step.handler.__module__}:{step.handler.__qualname__}",
+                "params": comps["params"], "inputs": self._inputs(step), "output_dir": str(tmp),
+                "project_root": str(self.project.root), "project": self.project.defaults.model_dump(mode="json"),
+                "devices": devices if devices is not None else self._all_gpus()}
+        started = time.monotonic()
+        try:
+            proc = run_step_process(spec, tmp.parent / f".{step.id}-{sr}.spec.json", cwd=self.project.root,
+                                    env=self._env(devices), timeout=step.manifest.timeout,
+                                    on_event=lambda e: self._event(sr, e), on_log=logs.add, table=self.table)
+        except KeyboardInterrupt:
+            logs.close()
+            self.store.finish_step(sr, "interrupted", message="interrupted by the user", attempts=attempt)
+            artifacts.keep_failed(tmp, state_dir, step.id)
+            self.display.step_ended(step.id, "interrupted", duration=time.monotonic() - started)
+            raise
+        logs.close()
+        status, message, hint, findings = self._judge(step, proc, tmp)
+        if status == "succeeded":
+            files = artifacts.hash_folder(tmp)
+            final = artifacts.publish(tmp, state_dir, step.id)
+            rel = final.relative_to(self.project.root).as_posix()
+            self.store.record_artifacts(sr, [(name, f"{rel}/{name}", sha, size) for name, sha, size in files])
+        elif tmp.exists():
+            artifacts.keep_failed(tmp, state_dir, step.id)
+        (tmp.parent / f".{step.id}-{sr}.spec.json").unlink(missing_ok=True)
+        self.store.finish_step(sr, status, message=message, hint=hint, findings=findings, attempts=attempt)
+        self.display.step_ended(step.id, status, message, time.monotonic() - started, findings, hint)
+        return Outcome(status, decision.reason, message)
+
+    def _judge(self, step: Step, proc, tmp: Path) -> tuple[str, str, str, list]:
+        if proc.cancelled:
+            return "interrupted", "interrupted by the user", "", []
+        if proc.timed_out:
+            return ("failed", f"timed out after {step.manifest.timeout:g}s and was killed",
+                    f"raise `timeout:` in {step.file}, or lower the step's params", [])
+        if proc.result is None:
+            code = proc.returncode
+            how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 \
+                else f"exit code {code}"
+            return ("failed", f"the step's process died without a result ({how})",
+                    f"see its log: atlas show {step.id}", [])
+        r = proc.result
+        status, findings = r["status"], r.get("findings", [])
+        if status == "succeeded":
+            missing = artifacts.missing_outputs(tmp, step.handler.outputs)
+            if missing:
+                return ("failed", f"declared outputs not written: {', '.join(missing)}",
+                        f"a bug in handler {step.handler.name}: it must write every declared output", findings)
+        return status, r.get("message", ""), r.get("hint", ""), findings
+
+    def _inputs(self, step: Step) -> dict[str, str | None]:
+        paths: dict[str, str | None] = {}
+        for name, spec in step.manifest.input_specs().items():
+            source, output = spec.from_.split(":", 1)
+            path = artifacts.final_dir(self.project.state_dir, source) / output.rstrip("/")
+            paths[name] = str(path) if self.facts[step.id].components["inputs"].get(name) else None
+        return paths
+
+    def _env(self, devices: list[int] | None) -> dict[str, str]:
+        env = dict(os.environ)
+        # the step imports what the runner imports (handlers from a source tree, tests' helpers)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+        return env
+
+    def _all_gpus(self) -> list[int]:
+        return list(self.gpu_pool.all)
+
+    def _event(self, step_run_id: int, event: dict) -> None:
+        if event.get("type") == "metric":
+            self.store.record_metric(step_run_id, event["name"], event.get("value"), event.get("unit", ""),
+                                     event.get("step"))
+        elif event.get("type", "").startswith("progress"):
+            self.display.progress(event)
+
+
+def step_gpus(step: Step) -> int | str:
+    if step.manifest.gpus is not None:
+        return step.manifest.gpus
+    return 1 if step.handler.gpu_env or "cuda" in step.requirements() else 0

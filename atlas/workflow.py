@@ -1,0 +1,215 @@
+"""`atlas run` as a chain of small functions: load -> graph -> plan -> execute -> record.
+
+Each CLI command calls one function here; none of them prints except through the
+RunDisplay it is given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import networkx as nx
+
+from atlas import __version__, artifacts
+from atlas.console import RunDisplay
+from atlas.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STRICT_SKIP, AtlasError, UsageError
+from atlas.executor import Interrupted, Outcome, execute
+from atlas.fingerprint import components, file_sha256, fingerprint
+from atlas.graph import upstream
+from atlas.loader import Project, load_project
+from atlas.lock import ProjectLock
+from atlas.planner import Plan, StepFacts, decide, plan
+from atlas.probe import Probe
+from atlas.process import ProcessTable
+from atlas.registry import Registry
+from atlas.state import StateStore
+from atlas.steprun import GpuPool, StepRunner
+
+
+def open_store(project: Project) -> StateStore:
+    return StateStore(project.state_dir / "state.db")
+
+
+def load(root: Path, registry: Registry | None = None) -> Project:
+    return load_project(root, registry)
+
+
+def check_targets(project: Project, targets: Iterable[str]) -> list[str]:
+    targets = list(targets)
+    for target in targets:
+        if target not in project.steps:
+            import difflib
+
+            close = difflib.get_close_matches(target, list(project.steps), n=1)
+            hint = f"did you mean {close[0]}?" if close else "`atlas plan` lists the tasks"
+            raise UsageError(f"unknown task {target!r}", hint)
+    return targets
+
+
+def subgraph(project: Project, targets: list[str]) -> nx.DiGraph:
+    return upstream(project.graph, targets) if targets else project.graph.copy()
+
+
+def _path_digest(root: Path, rel: str) -> str:
+    path = root / rel
+    if path.is_file():
+        return file_sha256(path)
+    if path.is_dir():
+        return fingerprint([(name, sha) for name, sha, _ in artifacts.hash_folder(path)])
+    return "missing"
+
+
+def step_facts(project: Project, store: StateStore, probe: Probe, task: str) -> StepFacts:
+    """Gather what the planner needs about one step from the manifests and the store."""
+    step = project.steps[task]
+    inputs: dict[str, str | None] = {}
+    required, optional = set(), set()
+    for name, spec in step.manifest.input_specs().items():
+        source, output = spec.from_.split(":", 1)
+        (optional if spec.optional else required).add(source)
+        last = store.last_success(source)
+        inputs[name] = artifacts.input_digest(store.artifacts(last.id), output) if last else None
+    for rel in step.handler.watched_paths(step.params):
+        inputs[f"file:{rel}"] = _path_digest(project.root, rel)
+    gpu = step.handler.gpu_env or "cuda" in step.requirements()
+    comps = components(step.handler, step.params.model_dump(mode="json"), inputs,
+                       probe.gpu_environment() if gpu else None)
+    last_success, last_any = store.last_success(task), store.last_step(task)
+    return StepFacts(requires=tuple(step.requirements()), components=comps,
+                     last=last_success.components if last_success else None,
+                     last_status=last_any.status if last_any else None, manual=step.handler.manual,
+                     optional=frozenset(optional - required))
+
+
+def make_plan(project: Project, store: StateStore, probe: Probe, targets: list[str],
+              force: Iterable[str] = (), force_all: bool = False) -> tuple[nx.DiGraph, Plan]:
+    graph = subgraph(project, targets)
+    forced = set(graph) if force_all else set(force)
+    facts = {task: step_facts(project, store, probe, task) for task in graph}
+    return graph, plan(graph, facts, probe.capabilities(), forced)
+
+
+@dataclass
+class RunOptions:
+    targets: list[str]
+    force: bool = False
+    force_all: bool = False
+    keep_going: bool = False
+    jobs: int = 1
+    strict: bool = False
+    wait_lock: bool = False
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    outcomes: dict[str, Outcome]
+    exit_code: int
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for outcome in self.outcomes.values():
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        return counts
+
+    def as_dict(self) -> dict:
+        return {"run": self.run_id, "exit_code": self.exit_code, "counts": self.counts(),
+                "steps": {t: {"status": o.status, "reason": o.reason, "message": o.message}
+                          for t, o in self.outcomes.items()}}
+
+
+def exit_code_for(outcomes: dict[str, Outcome], strict: bool) -> int:
+    statuses = {o.status for o in outcomes.values()}
+    if "interrupted" in statuses:
+        return EXIT_INTERRUPTED
+    if "failed" in statuses:
+        return EXIT_FAILED
+    if strict and statuses & {"skipped", "waiting"}:
+        return EXIT_STRICT_SKIP
+    return EXIT_OK
+
+
+def run(project: Project, probe: Probe, options: RunOptions, display: RunDisplay) -> RunReport:
+    targets = check_targets(project, options.targets)
+    if options.jobs < 1:
+        raise UsageError("-j needs a number of 1 or more")
+    with ProjectLock(project.state_dir).acquire(wait=options.wait_lock):
+        store = open_store(project)
+        try:
+            store.repair_abandoned()
+            return _execute(project, store, probe, options, targets, display)
+        finally:
+            store.close()
+
+
+def _execute(project: Project, store: StateStore, probe: Probe, options: RunOptions, targets: list[str],
+             display: RunDisplay) -> RunReport:
+    graph = subgraph(project, targets)
+    forced = set(graph) if options.force_all else set(targets) if options.force else set()
+    capabilities = probe.capabilities()
+    facts: dict[str, StepFacts] = {}
+    run_id = store.start_run(targets, options.argv, __version__)
+    table = ProcessTable()
+    runner = StepRunner(project, store, run_id, display, facts, table,
+                        GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1))
+
+    def decide_now(task: str, upstream_outcomes: dict) -> object:
+        facts[task] = step_facts(project, store, probe, task)
+        return decide(task, facts[task], upstream_outcomes, capabilities, task in forced)
+
+    def note(task: str, outcome: Outcome) -> None:
+        step = project.steps[task]
+        comps = facts.get(task).components if task in facts else None
+        sr = store.start_step(run_id, task, step.handler.name, outcome.status, reason=outcome.reason,
+                              fingerprint=fingerprint(comps) if comps else None, components=comps,
+                              params=comps["params"] if comps else None)
+        store.finish_step(sr, outcome.status, message=outcome.message)
+        hint = "atlas done {} --note '...'".format(task) if outcome.status == "waiting" else ""
+        display.step_ended(task, outcome.status, outcome.reason, hint=hint)
+
+    try:
+        outcomes = execute(graph, decide_now, runner, jobs=options.jobs, keep_going=options.keep_going,
+                           note=note, cancel=table.cancel_all)
+    except Interrupted as stop:
+        store.end_run(run_id, "interrupted")
+        return RunReport(run_id, stop.outcomes, EXIT_INTERRUPTED)
+    code = exit_code_for(outcomes, options.strict)
+    store.end_run(run_id, {EXIT_OK: "succeeded", EXIT_STRICT_SKIP: "skipped"}.get(code, "failed"))
+    return RunReport(run_id, outcomes, code)
+
+
+def mark_done(project: Project, probe: Probe, task: str, note: str, wait_lock: bool = False) -> dict:
+    """`atlas done`: complete a manual step, keeping its checklist, note and evidence."""
+    from atlas.handler import Context
+
+    check_targets(project, [task])
+    step = project.steps[task]
+    if not step.handler.manual:
+        raise UsageError(f"{task} is not a manual step (handler {step.handler.name})",
+                         f"run it with `atlas run {task}`")
+    with ProjectLock(project.state_dir).acquire(wait=wait_lock):
+        store = open_store(project)
+        try:
+            facts = step_facts(project, store, probe, task)
+            comps = facts.components
+            sr = store.start_step(None, task, step.handler.name, reason="marked done",
+                                  fingerprint=fingerprint(comps), components=comps, params=comps["params"])
+            tmp = artifacts.temp_dir(project.state_dir, task, sr)
+            ctx = Context(task, step.params, {}, tmp, project.root, project.defaults.model_dump(mode="json"))
+            result = step.handler().run(ctx)
+            if result.status == "succeeded":
+                ctx.write_text("note.txt", note.rstrip() + "\n")
+            if result.status != "succeeded":
+                artifacts.keep_failed(tmp, project.state_dir, task)
+                store.finish_step(sr, "failed", message=result.message, hint=result.hint)
+                raise AtlasError(result.message, result.hint)
+            files = artifacts.hash_folder(tmp)
+            final = artifacts.publish(tmp, project.state_dir, task)
+            rel = final.relative_to(project.root).as_posix()
+            store.record_artifacts(sr, [(n, f"{rel}/{n}", sha, size) for n, sha, size in files])
+            store.finish_step(sr, "succeeded", message=result.message, findings=result.findings, note=note)
+            return {"task": task, "step_run": sr, "artifacts": [n for n, _, _ in files], "note": note}
+        finally:
+            store.close()

@@ -1,0 +1,1 @@
+"""Jinja templates for atlas status and benchmark reports."""
