@@ -222,6 +222,22 @@ def env(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "json"]), default="md", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@click.pass_context
+def report(ctx: click.Context, fmt: str, output: str | None) -> None:
+    """Status report: the Ana/Alt/Makro/Mikro Görev tree with every task's last result,
+    findings, metrics and the environment (HTML, Markdown or JSON)."""
+    from atlas.report import build, render
+
+    data = build(_project(ctx), _probe())
+    text = json.dumps(data, indent=2, default=str) if fmt == "json" else render(data, fmt)
+    Path(output).write_text(text, encoding="utf-8") if output else click.echo(text, nl=False)
+    if output:
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
 @click.argument("task")
 @click.option("--note", required=True, help="What was done; kept with the step's outputs.")
 @click.option("--wait", "wait_lock", is_flag=True, help="Queue behind a running atlas run.")

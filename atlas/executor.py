@@ -65,10 +65,10 @@ def execute(graph: nx.DiGraph, decide: DecideFn, run_step: RunFn, *, jobs: int =
 
     def dispatch(node: Hashable) -> Decision | None:
         """Settle a node that won't run; return the decision when it must run."""
-        if stop_reason:
+        decision = decide(node, {dep: outcomes[dep].status for dep in graph.predecessors(node)})
+        if stop_reason and decision.action == "run":
             settle(node, Outcome("skipped", stop_reason[0] + " (use --keep-going to go on)"), True)
             return None
-        decision = decide(node, {dep: outcomes[dep].status for dep in graph.predecessors(node)})
         if decision.action != "run":
             settle(node, Outcome(_FROM_DECISION[decision.action], decision.reason), True)
             return None

@@ -79,11 +79,11 @@ class _Collector:
                  prefix: tuple = (), model: type[BaseModel] | None = None) -> None:
         seen: set[tuple] = set()
         for err in exc.errors():
-            path = prefix + _data_path(located.data, prefix, err["loc"])
+            kind = err["type"]
+            path = prefix + _data_path(located.data, prefix, err["loc"], missing=kind == "missing")
             if path in seen:          # a Union reports once per branch: keep the first
                 continue
             seen.add(path)
-            kind = err["type"]
             if kind == "extra_forbidden":
                 message = f"unknown field {path[-1]!r}" + _suggest(path[-1], _fields_at(model, path, prefix))
                 pos = located.where(path, key=True)
@@ -96,7 +96,7 @@ class _Collector:
             self.add(file, pos, message, path)
 
 
-def _data_path(data: Any, prefix: tuple, loc: tuple) -> tuple:
+def _data_path(data: Any, prefix: tuple, loc: tuple, missing: bool = False) -> tuple:
     """Drop pydantic's union-branch labels (str, InputSpec, ...) that are not in the data."""
     node = data
     for key in prefix:
@@ -109,8 +109,8 @@ def _data_path(data: Any, prefix: tuple, loc: tuple) -> tuple:
         elif isinstance(node, list) and isinstance(key, int) and key < len(node):
             path.append(key)
             node = node[key]
-        elif i == len(loc) - 1 and isinstance(node, dict):
-            path.append(key)      # a missing key
+        elif missing and i == len(loc) - 1 and isinstance(node, dict):
+            path.append(key)      # a missing key (not a union label such as 'int')
     return tuple(path)
 
 
@@ -196,7 +196,8 @@ def load_project(root: Path, registry: Registry | None = None) -> Project:
         first = cycle[0]
         manifest, rel, located = manifests[first]
         index = manifest.depends_on.index(cycle[-1])
-        chain = " -> ".join([*cycle, first])
+        # graph edges run dependency -> dependent; the message reads "depends on", like the file
+        chain = " -> ".join([first, *reversed(cycle[1:]), first])
         out.add(rel, located.where(("depends_on", index)), f"dependency cycle: {chain}", ("depends_on", index))
     if out.problems:
         raise InvalidManifests(out.problems)

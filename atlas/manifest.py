@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from atlas.probe import CAPABILITIES
 
@@ -25,7 +25,7 @@ def parse_duration(value: Any) -> float:
             raise ValueError(f"{value!r} is not a duration (write 90s, 30m, 2h or 1h30m)")
         h, m, s = (float(g) if g else 0.0 for g in match.groups())
         seconds = h * 3600 + m * 60 + s
-    if seconds <= 0:
+    if not seconds > 0:                       # also rejects NaN (`.nan` in YAML)
         raise ValueError("a duration must be positive")
     return seconds
 
@@ -52,6 +52,20 @@ class InputSpec(Strict):
         return _check_ref(value)
 
 
+def _input_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "ref"
+    return "spec" if isinstance(value, (dict, InputSpec)) else None
+
+
+# One error per bad input, located at the input itself (not one per union branch).
+Input = Annotated[
+    Union[Annotated[Annotated[str, AfterValidator(_check_ref)], Tag("ref")], Annotated[InputSpec, Tag("spec")]],
+    Discriminator(_input_form, custom_error_type="input_form",
+                  custom_error_message="an input is TASK-ID:output or {from: TASK-ID:output, optional: true}"),
+]
+
+
 class Manifest(Strict):
     id: str = Field(pattern=TASK_ID_PATTERN, description="Atlas task ID, e.g. AG-DS-LIBTEST-001")
     title: str = Field(min_length=1, description="original (Turkish) title from the workplan")
@@ -63,7 +77,7 @@ class Manifest(Strict):
     description: str = ""
     handler: str = Field(min_length=1, description="step type, an `atlas.handlers` entry point")
     depends_on: list[str] = []
-    inputs: dict[str, Union[str, InputSpec]] = Field(
+    inputs: dict[str, Input] = Field(
         default_factory=dict, description="name -> TASK-ID:output, or {from: ..., optional: true}")
     requires: list[Capability] = Field(default_factory=list, description="capabilities; unmet -> skipped")
     params: dict[str, Any] = {}
@@ -76,14 +90,6 @@ class Manifest(Strict):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
-
-    @field_validator("inputs")
-    @classmethod
-    def _refs(cls, value: dict) -> dict:
-        for spec in value.values():
-            if isinstance(spec, str):
-                _check_ref(spec)
-        return value
 
     def input_specs(self) -> dict[str, InputSpec]:
         return {name: InputSpec(**{"from": spec}) if isinstance(spec, str) else spec

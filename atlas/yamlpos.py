@@ -64,24 +64,71 @@ def load(text: str) -> Located:
     if root is None:
         return located
     constructor = yaml.SafeLoader("")
-    located.data = _build(root, (), located, constructor)
+    try:
+        located.data = _build(root, (), located, constructor)
+    except yaml.MarkedYAMLError as exc:       # unknown tag (!foo), bad merge value
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise YamlSyntaxError(f"YAML error: {exc.problem or exc}", line, col) from None
+    except RecursionError:                    # `a: &x [*x]`
+        raise YamlSyntaxError("YAML error: an anchor is used inside itself (recursive alias)",
+                              *_mark(root)) from None
     return located
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _pairs(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bool]]:
+    """(key, value, merged) of a mapping, `<<` merge keys expanded as yaml.safe_load does:
+    merged entries first (so the mapping's own keys override them), earlier sources win."""
+    merged: list[tuple[yaml.Node, yaml.Node, bool]] = []
+    own: list[tuple[yaml.Node, yaml.Node, bool]] = []
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE:
+            own.append((key_node, value_node, False))
+            continue
+        sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                raise YamlSyntaxError("YAML error: a merge key (<<) takes a mapping or a list of "
+                                      "mappings", *_mark(source))
+            merged += [(k, v, True) for k, v, _ in _pairs(source)]
+    return merged + own
 
 
 def _build(node: yaml.Node, path: Path_, out: Located, constructor: yaml.SafeLoader) -> Any:
     out.positions[path] = _mark(node)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True)
+        own_keys: set[Any] = set()
+        for key_node, value_node, merged in _pairs(node):
+            key = _construct(key_node, constructor)
             if isinstance(key, list):
                 key = tuple(key)
+            try:
+                hash(key)
+            except TypeError:
+                raise YamlSyntaxError("YAML error: a mapping key must be a plain value, "
+                                      "not a mapping or a nested list", *_mark(key_node)) from None
             child = path + (key,)
-            if key in result:
-                out.duplicates.append((child, _mark(key_node)))
+            if not merged:
+                if key in own_keys:
+                    out.duplicates.append((child, _mark(key_node)))
+                own_keys.add(key)
             out.key_positions[child] = _mark(key_node)
             result[key] = _build(value_node, child, out, constructor)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, path + (i,), out, constructor) for i, item in enumerate(node.value)]
-    return constructor.construct_object(node, deep=True)
+    return _construct(node, constructor)
+
+
+def _construct(node: yaml.Node, constructor: yaml.SafeLoader) -> Any:
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError:
+        raise
+    except Exception as exc:                  # `!!int foo`, `!!timestamp nope`
+        raise YamlSyntaxError(f"YAML error: {node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]} "
+                              f"({exc})", *_mark(node)) from None

@@ -1,0 +1,46 @@
+"""Temporary projects and a CLI driver for end-to-end tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+
+import fake_handlers
+from atlas.cli import main
+from atlas.registry import Registry
+from handlers.manual import Manual
+
+REGISTRY = Registry.from_classes(*fake_handlers.ALL, Manual)
+
+
+def task(tid: str, handler: str, deps: tuple[str, ...] = (), **fields) -> dict:
+    data = {"id": tid, "title": f"görev {tid}", "title_en": f"task {tid}", "wbs": "1", "handler": handler,
+            "depends_on": list(deps)}
+    data.update(fields)
+    return data
+
+
+def write_project(root: Path, *tasks: dict) -> Path:
+    (root / "tasks").mkdir(parents=True, exist_ok=True)
+    (root / "tasks" / "project.yaml").write_text("name: test-project\n")
+    for data in tasks:
+        write_task(root, data)
+    return root
+
+
+def write_task(root: Path, data: dict) -> None:
+    (root / "tasks" / f"{data['id']}.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def atlas(root: Path, *args: str, registry: Registry = REGISTRY):
+    result = CliRunner().invoke(main, ["-C", str(root), *args], obj={"registry": registry})
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def run_json(root: Path, *args: str) -> tuple[int, dict]:
+    result = atlas(root, "run", "--json", *args)
+    return result.exit_code, json.loads(result.stdout)
