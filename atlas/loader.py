@@ -168,17 +168,20 @@ def load_project(root: Path, registry: Registry | None = None) -> Project:
     out = _Collector()
     defaults = load_defaults(root, out)
     manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
+    unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
     files = sorted(p for p in (root / TASKS_DIR).iterdir()
                    if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE)
     for path in files:
         rel = f"{TASKS_DIR}/{path.name}"
         located = _read(path, rel, out)
         if located is None:
+            unreadable.add(path.stem)
             continue
         try:
             manifest = Manifest.model_validate(located.data)
         except ValidationError as exc:
             out.pydantic(rel, located, exc, model=Manifest)
+            unreadable.add(path.stem)
             continue
         if manifest.id != path.stem:
             out.add(rel, located.where(("id",)),
@@ -190,7 +193,7 @@ def load_project(root: Path, registry: Registry | None = None) -> Project:
         manifests[manifest.id] = (manifest, rel, located)
 
     steps = _bind_handlers(manifests, registry, out)
-    _check_links(manifests, defaults, steps, out)
+    _check_links(manifests, defaults, steps, out, unreadable)
     graph = build_graph({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
     for cycle in find_cycles(graph):
         first = cycle[0]
@@ -235,12 +238,13 @@ def produces(handler: type[Handler], name: str) -> bool:
     return False
 
 
-def _check_links(manifests: dict, defaults: ProjectDefaults, steps: dict[str, Step], out: _Collector) -> None:
+def _check_links(manifests: dict, defaults: ProjectDefaults, steps: dict[str, Step], out: _Collector,
+                 unreadable: set[str] = frozenset()) -> None:
     wbs = defaults.wbs_index()
     for tid, (manifest, rel, located) in manifests.items():
         for i, dep in enumerate(manifest.depends_on):
-            if dep not in manifests:
-                hint = _suggest(dep, list(manifests))
+            if dep not in manifests and dep not in unreadable:
+                hint = _suggest(dep, [other for other in manifests if other != tid])
                 out.add(rel, located.where(("depends_on", i)), f"unknown task {dep!r} in depends_on{hint}",
                         ("depends_on", i))
         node = wbs.get(manifest.wbs)

@@ -50,19 +50,46 @@ class ProcessTable:
             terminate(proc)
 
 
+def _group_running(proc: subprocess.Popen) -> bool:
+    """Whether the step's process group still has a live member (zombies don't count)."""
+    if proc.poll() is None:
+        return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs: ask the kernel about the group as a whole
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == proc.pid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
 def terminate(proc: subprocess.Popen) -> None:
-    """SIGTERM the step's process group, then SIGKILL what is left after a grace period."""
-    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
-        if proc.poll() is not None:
+    """SIGTERM the step's process group, then SIGKILL what is left after a grace period.
+
+    The whole group, not just the worker: when the worker dies at once, a child it
+    started (a DataLoader worker, a tool that traps SIGTERM) may still be running.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group_running(proc):
             return
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.monotonic() + KILL_GRACE_S
+        while _group_running(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _pump_lines(stream, sink: Callable[[str], None]) -> None:

@@ -77,6 +77,7 @@ def load(text: str) -> Located:
 
 
 _MERGE = "tag:yaml.org,2002:merge"
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 def _pairs(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bool]]:
@@ -99,6 +100,8 @@ def _pairs(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node, bool]]:
 
 def _build(node: yaml.Node, path: Path_, out: Located, constructor: yaml.SafeLoader) -> Any:
     out.positions[path] = _mark(node)
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_TAGS:   # !!set, !secret {...}
+        raise YamlSyntaxError(f"YAML error: the tag {node.tag!r} is not supported here", *_mark(node))
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         own_keys: set[Any] = set()

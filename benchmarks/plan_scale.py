@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -291,6 +292,15 @@ def git_revision() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
+def source_digest() -> str:
+    """sha256 over atlas/ and handlers/ sources: tells whether the code changed during a run."""
+    h = hashlib.sha256()
+    for folder in ("atlas", "handlers"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def machine_info() -> dict:
     import yaml
 
@@ -385,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))          # atlas from this checkout when not installed
     from atlas.probe import probe
 
-    results: dict[str, Any] = {"benchmark": "plan_scale", "machine": machine_info(), "seed": SEED}
+    results: dict[str, Any] = {"benchmark": "plan_scale", "machine": machine_info(), "seed": SEED,
+                               "source_digest": source_digest(), "loadavg_start": os.getloadavg()}
     print(f"machine: {results['machine']['cpu_model']}, {results['machine']['cpus_usable']} cpu(s), "
           f"python {results['machine']['python']}", file=sys.stderr)
     results["startup"] = startup_costs()
@@ -416,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
                      "generate_s": round(gen_s, 3), **measure_project(root, repeats, cli_repeats, the_probe)}
         results["sizes"].append(entry)
 
+    end_digest = source_digest()
+    results["source_changed_during_run"] = end_digest != results["source_digest"]
+    results["loadavg_end"] = os.getloadavg()      # 1, 5, 15 min: other work on the machine skews timings
+    if results["source_changed_during_run"]:
+        print("warning: atlas/ or handlers/ changed while the benchmark ran; the numbers mix two "
+              "versions of the code", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "cpu"
     path = args.out / f"plan_scale-{host}-{dt.date.today().isoformat()}.json"

@@ -151,7 +151,7 @@ def test_validate_and_plan_never_import_torch(tmp_path):
             "heavy = sorted(m for m in ('torch', 'tensorrt', 'nvidia.dali', 'cupy', 'onnxruntime') "
             "if m in sys.modules); print(heavy); assert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path])))
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -198,7 +198,7 @@ def _wait_for_pids(step: Step) -> tuple[int, int]:
 
 def test_a_step_past_its_timeout_is_killed_with_its_whole_group(step):
     started = time.monotonic()
-    proc = step.run("Sleepy", timeout=2.0)
+    proc = step.run("Sleepy", timeout=1.5)
     elapsed = time.monotonic() - started
     assert proc.timed_out and not proc.cancelled
     assert proc.result is None
@@ -230,7 +230,7 @@ def test_cancel_all_from_another_thread_stops_a_sleeping_step(step):
     step.on_event = on_event
     thread = threading.Thread(target=canceller, daemon=True)
     thread.start()
-    proc = step.run("Sleepy", timeout=2.0)
+    proc = step.run("Sleepy", timeout=120)
     thread.join(timeout=10)
     assert started.is_set()
     assert proc.cancelled and not proc.timed_out
@@ -247,8 +247,8 @@ def test_cancel_all_from_another_thread_stops_a_sleeping_step(step):
 def test_a_cancelled_table_stops_a_step_that_starts_later(step):
     step.table.cancel_all()
     started = time.monotonic()
-    proc = step.run("Sleepy", timeout=2.0)
-    assert proc.cancelled
+    proc = step.run("Sleepy", timeout=120)
+    assert proc.cancelled and not proc.timed_out
     assert proc.result is None
     assert time.monotonic() - started < 30
 
@@ -258,7 +258,7 @@ def test_timeout_kills_a_grandchild_that_ignores_sigterm(step, monkeypatch):
 
     monkeypatch.setattr(atlas.process, "KILL_GRACE_S", 0.5)
     started = time.monotonic()
-    proc = step.run("Stubborn", timeout=2.0)
+    proc = step.run("Stubborn", timeout=1.5)
     assert proc.timed_out
     worker, grandchild = _wait_for_pids(step)
     try:

@@ -177,6 +177,7 @@ SAME_AS_SAFE_LOAD = [
     "x: &x {a: 1, b: 1}\ny: &y {b: 2, c: 2}\nz:\n  <<: [*x, *y]\n  d: 4\n",
     "when: 2024-01-01\nflag: yes\nnull_: ~\nf: 1.5e3\nhex: 0x10\n",
     "s: |\n  line one\n  line two\nt: >-\n  folded\n  text\n",
+    "a: !!map {x: 1}\nb: !!seq [1]\nc: !!str 5\n",
 ]
 
 
@@ -249,6 +250,8 @@ def test_syntax_error_message_includes_the_context():
     ("a: !!float xx\n", 1, 4, "'xx' is not a valid float"),
     ("? {a: 1}\n: x\n", 1, 3, "a mapping key must be a plain value"),
     ("? [[1]]\n: x\n", 1, 3, "a mapping key must be a plain value"),
+    ("a: !!set {x, y}\n", 1, 4, "the tag 'tag:yaml.org,2002:set' is not supported here"),
+    ("a:\n  - !secret [1]\n", 2, 5, "the tag '!secret' is not supported here"),
 ])
 def test_unconstructible_values_are_located_errors(text, line, col, words):
     # these used to escape as ConstructorError / TypeError / ValueError and crash validation

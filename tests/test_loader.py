@@ -1,0 +1,735 @@
+"""atlas.loader: every manifest problem, located as `tasks/FILE.yaml:LINE:COL: message [field]`.
+
+Each test builds a tiny project under tmp_path with in-memory handlers, so nothing here
+imports a real handler (except the last test, which loads the real tasks/).
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from atlas.errors import EXIT_INVALID, InvalidManifests, ManifestProblem, ProjectNotFound
+from atlas.handler import Handler, Params
+from atlas.loader import find_root, load_project, produces
+from atlas.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- in-memory handlers ------------------------------------------------------------------
+
+class TrainParams(Params):
+    epochs: int = 1
+    lr: float = 0.1
+    batch: int | Literal["auto"] = "auto"
+
+
+class Train(Handler):
+    name = "train"
+    Params = TrainParams
+    outputs = ("model.pt", "metrics.json")
+    requires = ("torch",)
+
+
+class BuildParams(Params):
+    precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32"]
+
+
+class BuildEngines(Handler):
+    name = "build_engines"
+    Params = BuildParams
+    outputs = ("engines/", "build.log")
+
+
+class Nothing(Handler):
+    name = "nothing"
+
+
+REGISTRY = Registry.from_classes(Train, BuildEngines, Nothing)
+
+
+# --- project builders --------------------------------------------------------------------
+
+def manifest(task_id: str, handler: str = "train", wbs: str = "1", extra: str = "") -> str:
+    """Lines 1-5 are fixed, so `extra` starts on line 6."""
+    return (f"id: {task_id}\n"
+            f"title: Görev {task_id}\n"
+            f"title_en: Task {task_id}\n"
+            f'wbs: "{wbs}"\n'
+            f"handler: {handler}\n") + textwrap.dedent(extra)
+
+
+def make_project(root: Path, files: dict[str, str], defaults: str | None = None) -> Path:
+    tasks = root / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (tasks / name).write_text(text, encoding="utf-8")
+    if defaults is not None:
+        (tasks / "project.yaml").write_text(textwrap.dedent(defaults), encoding="utf-8")
+    return root
+
+
+def problems(root: Path, registry: Registry = REGISTRY) -> list[str]:
+    with pytest.raises(InvalidManifests) as info:
+        load_project(root, registry)
+    return [str(p) for p in info.value.problems]
+
+
+def only_problem(tmp_path: Path, files: dict[str, str], defaults: str | None = None,
+                 registry: Registry = REGISTRY) -> str:
+    found = problems(make_project(tmp_path, files, defaults), registry)
+    assert len(found) == 1, found
+    return found[0]
+
+
+A, B, C = "AG-DS-A-001", "AG-DS-B-001", "AG-DS-C-001"
+
+
+def fa(task_id: str) -> str:
+    return f"{task_id}.yaml"
+
+
+HIERARCHY = """\
+    name: tiny
+    hierarchy:
+      - wbs: "1"
+        title: Ana
+        children:
+          - wbs: "1.1"
+            task: AG-DS-A-001
+            title: Mikro A
+          - wbs: "1.2"
+            task: AG-DS-B-001
+            title: Mikro B
+    """
+
+
+# --- a valid project ---------------------------------------------------------------------
+
+def test_valid_project_loads_with_its_graph(tmp_path):
+    root = make_project(tmp_path, {
+        fa(A): manifest(A, extra="params: {epochs: 3}\n"),
+        fa(B): manifest(B, "build_engines", extra=f"""\
+            depends_on: [{A}]
+            inputs:
+              model: {A}:model.pt
+            requires: [cuda, tensorrt]
+            params: {{precisions: [fp16, int8]}}
+            timeout: 30m
+            """),
+        fa(C): manifest(C, "nothing", extra=f"""\
+            depends_on: [{A}, {B}]
+            inputs:
+              engine: {B}:engines/fp16.engine
+              log: {{from: "{B}:build.log", optional: true}}
+            """),
+    })
+    project = load_project(root, REGISTRY)
+    assert project.root == root
+    assert project.state_dir == root / ".atlas"
+    assert project.defaults.name == tmp_path.name          # no project.yaml: named after the folder
+    assert sorted(project.steps) == [A, B, C]
+    assert sorted(project.graph.nodes) == [A, B, C]
+    assert sorted(project.graph.edges) == [(A, B), (A, C), (B, C)]   # dependency -> dependent
+    a, b, c = (project.steps[t] for t in (A, B, C))
+    assert a.file == "tasks/AG-DS-A-001.yaml"
+    assert a.handler is Train and a.params == TrainParams(epochs=3)
+    assert b.params.precisions == ["fp16", "int8"]
+    assert b.manifest.timeout == 1800.0
+    assert b.requirements() == ["cuda", "tensorrt"]
+    assert a.requirements() == ["torch"]                    # from the handler class
+    assert c.manifest.input_specs()["log"].optional is True
+
+
+def test_valid_project_with_hierarchy_and_yml_extension(tmp_path):
+    root = make_project(tmp_path, {"AG-DS-A-001.yml": manifest(A, wbs="1.1"),
+                                   fa(B): manifest(B, wbs="1.2", extra=f"depends_on: [{A}]\n"),
+                                   "notes.txt": "not a manifest: ignored\n"},
+                        defaults=HIERARCHY)
+    project = load_project(root, REGISTRY)
+    assert project.defaults.name == "tiny"
+    assert sorted(project.steps) == [A, B]
+    assert project.steps[A].file == "tasks/AG-DS-A-001.yml"
+    assert list(project.graph.edges) == [(A, B)]
+
+
+def test_empty_tasks_folder_is_an_empty_project(tmp_path):
+    project = load_project(make_project(tmp_path, {}), REGISTRY)
+    assert project.steps == {} and project.graph.number_of_nodes() == 0
+
+
+# --- YAML-level problems -----------------------------------------------------------------
+
+def test_bad_yaml_syntax(tmp_path):
+    text = manifest(A, extra="params: {epochs: 3\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:7:1: YAML syntax error: while parsing a flow mapping: "
+        "did not find expected ',' or '}'")
+
+
+def test_bad_yaml_inside_a_block(tmp_path):
+    text = manifest(A, extra="params:\n  epochs: 3\n lr: 0.1\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:8:2: YAML syntax error: while parsing a block mapping: "
+        "did not find expected key")
+
+
+def test_unknown_yaml_tag_is_a_problem_not_a_crash(tmp_path):
+    text = manifest(A, extra="retries: !secret 3\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:10: YAML error: could not determine a constructor for the tag '!secret'")
+
+
+def test_a_tag_on_a_mapping_is_not_silently_dropped(tmp_path):
+    text = manifest(A, extra="params: !secret {epochs: 3}\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:9: YAML error: the tag '!secret' is not supported here")
+
+
+def test_not_utf8(tmp_path):
+    root = make_project(tmp_path, {})
+    (root / "tasks" / fa(A)).write_bytes(b"id: AG-DS-A-001\ntitle: G\xf6rev\n")
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yaml:1:1: not UTF-8 text: invalid start byte"]
+
+
+@pytest.mark.parametrize("text", ["- id: AG-DS-A-001\n- wbs: '1'\n", "just some text\n", "", "# nothing yet\n"])
+def test_non_mapping_document(tmp_path, text):
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:1:1: a manifest must be a YAML mapping (key: value lines)")
+
+
+def test_duplicate_key(tmp_path):
+    text = manifest(A, extra="retries: 1\ntimeout: 5m\nretries: 2\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:8:1: duplicate key 'retries' [retries]")
+
+
+def test_duplicate_param_key(tmp_path):
+    text = manifest(A, extra="params:\n  epochs: 1\n  epochs: 2\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:8:3: duplicate key 'epochs' [params.epochs]")
+
+
+def test_yaml_merge_keys_are_understood(tmp_path):
+    text = manifest(A, extra="""\
+        x-defaults: &d {epochs: 4, lr: 0.5}
+        params:
+          <<: *d
+          lr: 0.01
+        """)
+    # the merge itself works; the anchor holder is still an unknown field
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:1: unknown field 'x-defaults' [x-defaults]")
+    root = make_project(tmp_path / "ok", {fa(A): manifest(A, extra="""\
+        params:
+          <<: {epochs: 4, lr: 0.5}
+          lr: 0.01
+        """)})
+    assert load_project(root, REGISTRY).steps[A].params == TrainParams(epochs=4, lr=0.01)
+
+
+# --- schema problems ---------------------------------------------------------------------
+
+def test_unknown_field_with_suggestion(tmp_path):
+    text = manifest(A, extra=f"depend_on: [{B}]\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:1: unknown field 'depend_on' (did you mean 'depends_on'?) [depend_on]")
+
+
+def test_unknown_field_without_close_match(tmp_path):
+    text = manifest(A, extra="colour: blue\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:1: unknown field 'colour' [colour]")
+
+
+def test_wrong_type_retries(tmp_path):
+    text = manifest(A, extra="retries: two\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:10: Input should be a valid integer, unable to parse string "
+        "as an integer (got 'two') [retries]")
+
+
+def test_wrong_type_timeout(tmp_path):
+    text = manifest(A, extra="timeout: soon\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:10: Value error, 'soon' is not a duration (write 90s, 30m, 2h "
+        "or 1h30m) (got 'soon') [timeout]")
+
+
+def test_wrong_type_depends_on(tmp_path):
+    text = manifest(A, extra=f"depends_on: {B}\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:13: Input should be a valid list (got 'AG-DS-B-001') [depends_on]")
+
+
+def test_several_schema_errors_in_one_file(tmp_path):
+    text = manifest(A, extra="retries: two\ntimeout: soon\ngpus: 3\n")
+    assert problems(make_project(tmp_path, {fa(A): text})) == [
+        "tasks/AG-DS-A-001.yaml:6:10: Input should be a valid integer, unable to parse string "
+        "as an integer (got 'two') [retries]",
+        "tasks/AG-DS-A-001.yaml:7:10: Value error, 'soon' is not a duration (write 90s, 30m, 2h "
+        "or 1h30m) (got 'soon') [timeout]",
+        "tasks/AG-DS-A-001.yaml:8:7: Input should be 0, 1 or 'all' (got 3) [gpus]",
+    ]
+
+
+def test_missing_required_fields(tmp_path):
+    text = "# no id, no handler\ntitle: t\ntitle_en: t\nwbs: '1'\n"
+    assert problems(make_project(tmp_path, {fa(A): text})) == [
+        "tasks/AG-DS-A-001.yaml:2:1: missing required field 'handler' [handler]",
+        "tasks/AG-DS-A-001.yaml:2:1: missing required field 'id' [id]",
+    ]
+
+
+def test_missing_required_field_in_a_long_form_input(tmp_path):
+    text = manifest(A, extra=f"depends_on: [{B}]\ninputs:\n  m: {{optional: true}}\n")
+    assert only_problem(tmp_path, {fa(A): text, fa(B): manifest(B)}) == (
+        "tasks/AG-DS-A-001.yaml:8:6: missing required field 'from' [inputs.m.from]")
+
+
+def test_input_reference_without_colon(tmp_path):
+    text = manifest(A, extra=f"depends_on: [{B}]\ninputs:\n  model: {B}\n")
+    assert only_problem(tmp_path, {fa(A): text, fa(B): manifest(B)}) == (
+        "tasks/AG-DS-A-001.yaml:8:10: Value error, 'AG-DS-B-001' is not an input reference "
+        "(write TASK-ID:output-name) (got 'AG-DS-B-001') [inputs.model]")
+
+
+def test_long_form_input_reference_without_colon(tmp_path):
+    text = manifest(A, extra=f"depends_on: [{B}]\ninputs:\n  model: {{from: {B}}}\n")
+    assert only_problem(tmp_path, {fa(A): text, fa(B): manifest(B)}) == (
+        "tasks/AG-DS-A-001.yaml:8:17: Value error, 'AG-DS-B-001' is not an input reference "
+        "(write TASK-ID:output-name) (got 'AG-DS-B-001') [inputs.model.from]")
+
+
+def test_input_of_the_wrong_shape(tmp_path):
+    text = manifest(A, extra="inputs:\n  model: 5\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:7:10: an input is TASK-ID:output or {from: TASK-ID:output, "
+        "optional: true} (got 5) [inputs.model]")
+
+
+def test_unknown_capability_in_requires(tmp_path):
+    text = manifest(A, extra="requires: [cuda, quantum]\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:18: Input should be 'cuda', 'multi_gpu', 'torch', 'torchvision', "
+        "'onnxruntime', 'tensorrt', 'trtexec', 'dali', 'cupy', 'pycuda', 'tensorflow' or 'nvcc' "
+        "(got 'quantum') [requires[1]]")
+
+
+def test_long_values_are_shortened(tmp_path):
+    text = manifest(A, extra=f"retries: {'x' * 100}\n")
+    line = only_problem(tmp_path, {fa(A): text})
+    assert line.endswith("(got '" + "x" * 56 + "...) [retries]")
+
+
+# --- identity ----------------------------------------------------------------------------
+
+def test_id_not_matching_the_file_name(tmp_path):
+    assert only_problem(tmp_path, {fa(A): manifest(B)}) == (
+        "tasks/AG-DS-A-001.yaml:1:5: id 'AG-DS-B-001' does not match the file name "
+        "(expected 'AG-DS-A-001') [id]")
+
+
+def test_id_with_a_bad_pattern(tmp_path):
+    assert only_problem(tmp_path, {"task.yaml": manifest("task-1")}) == (
+        "tasks/task.yaml:1:5: String should match pattern '^AG-[A-Z0-9]+-[A-Z0-9]+-\\d{3}$' "
+        "(got 'task-1') [id]")
+
+
+def test_duplicate_id_across_two_files(tmp_path):
+    # same stem, two extensions: both ids match their file name
+    root = make_project(tmp_path, {"AG-DS-A-001.yaml": manifest(A), "AG-DS-A-001.yml": manifest(A)})
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yml:1:5: duplicate ID 'AG-DS-A-001': also defined in tasks/AG-DS-A-001.yaml [id]"]
+
+
+def test_duplicate_id_in_a_misnamed_file(tmp_path):
+    root = make_project(tmp_path, {fa(A): manifest(A), fa(B): manifest(A)})
+    assert problems(root) == [
+        "tasks/AG-DS-B-001.yaml:1:5: duplicate ID 'AG-DS-A-001': also defined in tasks/AG-DS-A-001.yaml [id]",
+        "tasks/AG-DS-B-001.yaml:1:5: id 'AG-DS-A-001' does not match the file name (expected 'AG-DS-B-001') [id]",
+    ]
+
+
+# --- handlers and params -----------------------------------------------------------------
+
+def test_unknown_handler_with_suggestion(tmp_path):
+    assert only_problem(tmp_path, {fa(A): manifest(A, "trian")}) == (
+        "tasks/AG-DS-A-001.yaml:5:10: unknown handler 'trian' (did you mean 'train'?) [handler]")
+
+
+def test_unknown_handler_lists_the_known_ones(tmp_path):
+    assert only_problem(tmp_path, {fa(A): manifest(A, "quantum_annealer")}) == (
+        "tasks/AG-DS-A-001.yaml:5:10: unknown handler 'quantum_annealer' "
+        "(known: build_engines, nothing, train) [handler]")
+
+
+def test_handler_that_fails_to_import(tmp_path):
+    from importlib.metadata import EntryPoint
+    registry = Registry([EntryPoint(name="broken", value="atlas_no_such_module_xyz:Broken",
+                                    group="atlas.handlers")])
+    assert only_problem(tmp_path, {fa(A): manifest(A, "broken")}, registry=registry) == (
+        "tasks/AG-DS-A-001.yaml:5:10: handler 'broken' (atlas_no_such_module_xyz:Broken) failed to "
+        "import: ModuleNotFoundError: No module named 'atlas_no_such_module_xyz' [handler]")
+
+
+def test_unknown_param_key_at_its_line(tmp_path):
+    text = manifest(A, extra="params:\n  epochs: 2\n  learning_rate: 0.1\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:8:3: unknown field 'learning_rate' [params.learning_rate]")
+
+
+def test_unknown_param_key_with_suggestion(tmp_path):
+    text = manifest(A, extra="params: {epoch: 2}\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:10: unknown field 'epoch' (did you mean 'epochs'?) [params.epoch]")
+
+
+def test_param_of_the_wrong_type(tmp_path):
+    text = manifest(A, extra="params:\n  epochs: many\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:7:11: Input should be a valid integer, unable to parse string as an "
+        "integer (got 'many') [params.epochs]")
+
+
+def test_param_list_item_of_the_wrong_value(tmp_path):
+    text = manifest(A, "build_engines", extra="params:\n  precisions: [fp16, fp8]\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:7:22: Input should be 'fp32', 'fp16' or 'int8' (got 'fp8') "
+        "[params.precisions[1]]")
+
+
+def test_union_param_reports_once_without_branch_labels(tmp_path):
+    # batch: int | Literal["auto"]; pydantic reports one error per branch, labelled
+    # 'int' and "literal['auto']": neither is a field of the manifest
+    text = manifest(A, extra="params:\n  batch: {size: 8}\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:7:10: Input should be a valid integer (got {'size': 8}) [params.batch]")
+
+
+def test_params_for_a_handler_without_params(tmp_path):
+    text = manifest(A, "nothing", extra="params: {epochs: 2}\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:10: unknown field 'epochs' [params.epochs]")
+
+
+# --- dependencies ------------------------------------------------------------------------
+
+def test_unknown_task_in_depends_on(tmp_path):
+    text = manifest(A, extra="depends_on:\n  - AG-DS-B-002\n")
+    assert only_problem(tmp_path, {fa(A): text, fa(B): manifest(B)}) == (
+        "tasks/AG-DS-A-001.yaml:7:5: unknown task 'AG-DS-B-002' in depends_on "
+        "(did you mean 'AG-DS-B-001'?) [depends_on[0]]")
+
+
+def test_unknown_task_without_close_match(tmp_path):
+    text = manifest(A, extra="depends_on: [AG-XY-QQQQQQQQ-999]\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:14: unknown task 'AG-XY-QQQQQQQQ-999' in depends_on [depends_on[0]]")
+
+
+def test_two_task_cycle(tmp_path):
+    root = make_project(tmp_path, {fa(A): manifest(A, extra=f"depends_on: [{B}]\n"),
+                                   fa(B): manifest(B, extra=f"depends_on: [{A}]\n")})
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yaml:6:14: dependency cycle: AG-DS-A-001 -> AG-DS-B-001 -> AG-DS-A-001 "
+        "[depends_on[0]]"]
+
+
+def test_three_task_cycle_reads_as_depends_on(tmp_path):
+    # A depends on C, C on B, B on A: the message follows depends_on from the line it points at
+    root = make_project(tmp_path, {fa(A): manifest(A, extra=f"depends_on: [{C}]\n"),
+                                   fa(B): manifest(B, extra=f"depends_on: [{A}]\n"),
+                                   fa(C): manifest(C, extra=f"depends_on: [{B}]\n")})
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yaml:6:14: dependency cycle: AG-DS-A-001 -> AG-DS-C-001 -> AG-DS-B-001 "
+        "-> AG-DS-A-001 [depends_on[0]]"]
+
+
+def test_cycle_points_at_the_right_dependency(tmp_path):
+    root = make_project(tmp_path, {
+        fa(A): manifest(A, extra=f"depends_on: [AG-DS-X-001, {B}]\n"),
+        fa(B): manifest(B, extra=f"depends_on: [{C}]\n"),
+        fa(C): manifest(C, extra=f"depends_on: [{A}]\n"),
+        "AG-DS-X-001.yaml": manifest("AG-DS-X-001"),
+    })
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yaml:6:27: dependency cycle: AG-DS-A-001 -> AG-DS-B-001 -> AG-DS-C-001 "
+        "-> AG-DS-A-001 [depends_on[1]]"]
+
+
+def test_two_separate_cycles_are_both_reported(tmp_path):
+    d = "AG-DS-D-001"
+    root = make_project(tmp_path, {fa(A): manifest(A, extra=f"depends_on: [{B}]\n"),
+                                   fa(B): manifest(B, extra=f"depends_on: [{A}]\n"),
+                                   fa(C): manifest(C, extra=f"depends_on: [{d}]\n"),
+                                   fa(d): manifest(d, extra=f"depends_on: [{C}]\n")})
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yaml:6:14: dependency cycle: AG-DS-A-001 -> AG-DS-B-001 -> AG-DS-A-001 "
+        "[depends_on[0]]",
+        "tasks/AG-DS-C-001.yaml:6:14: dependency cycle: AG-DS-C-001 -> AG-DS-D-001 -> AG-DS-C-001 "
+        "[depends_on[0]]",
+    ]
+
+
+def test_self_dependency(tmp_path):
+    text = manifest(A, extra=f"depends_on:\n  - {A}\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:7:5: dependency cycle: AG-DS-A-001 -> AG-DS-A-001 [depends_on[0]]")
+
+
+# --- data flow ---------------------------------------------------------------------------
+
+def test_input_from_a_task_not_in_depends_on(tmp_path):
+    text = manifest(B, extra=f"inputs:\n  model: {A}:model.pt\n")
+    assert only_problem(tmp_path, {fa(A): manifest(A), fa(B): text}) == (
+        "tasks/AG-DS-B-001.yaml:7:10: input 'model' comes from AG-DS-A-001, which is not in "
+        "depends_on [inputs.model]")
+
+
+def test_input_naming_an_output_the_upstream_does_not_produce(tmp_path):
+    text = manifest(B, extra=f"depends_on: [{A}]\ninputs:\n  onnx: {A}:model.onnx\n")
+    assert only_problem(tmp_path, {fa(A): manifest(A), fa(B): text}) == (
+        "tasks/AG-DS-B-001.yaml:8:9: input 'onnx': AG-DS-A-001 (train) produces no 'model.onnx' "
+        "(it produces: model.pt, metrics.json) [inputs.onnx]")
+
+
+def test_input_from_a_handler_that_produces_nothing(tmp_path):
+    text = manifest(B, extra=f"depends_on: [{A}]\ninputs:\n  x: {{from: '{A}:x.bin', optional: true}}\n")
+    assert only_problem(tmp_path, {fa(A): manifest(A, "nothing"), fa(B): text}) == (
+        "tasks/AG-DS-B-001.yaml:8:6: input 'x': AG-DS-A-001 (nothing) produces no 'x.bin' "
+        "(it produces: nothing) [inputs.x]")
+
+
+@pytest.mark.parametrize("ref", ["engines/fp16.engine", "engines/sub/int8.engine", "engines/", "engines",
+                                 "build.log"])
+def test_inputs_inside_a_declared_folder_output(tmp_path, ref):
+    text = manifest(B, extra=f"depends_on: [{A}]\ninputs:\n  engine: {A}:{ref}\n")
+    root = make_project(tmp_path, {fa(A): manifest(A, "build_engines"), fa(B): text})
+    project = load_project(root, REGISTRY)
+    assert project.steps[B].manifest.input_specs()["engine"].from_ == f"{A}:{ref}"
+
+
+def test_a_file_beside_a_folder_output_is_not_produced(tmp_path):
+    text = manifest(B, extra=f"depends_on: [{A}]\ninputs:\n  engine: {A}:engines.tar\n")
+    assert only_problem(tmp_path, {fa(A): manifest(A, "build_engines"), fa(B): text}) == (
+        "tasks/AG-DS-B-001.yaml:8:11: input 'engine': AG-DS-A-001 (build_engines) produces no "
+        "'engines.tar' (it produces: engines/, build.log) [inputs.engine]")
+
+
+def test_produces():
+    assert produces(BuildEngines, "engines/fp16.engine")
+    assert produces(BuildEngines, "engines")
+    assert produces(BuildEngines, "build.log")
+    assert not produces(BuildEngines, "engines2/x")
+    assert not produces(BuildEngines, "build.log/x")
+    assert not produces(Train, "model")
+    assert not produces(Nothing, "anything")
+
+
+def test_input_from_an_upstream_with_errors_is_not_double_reported(tmp_path):
+    text = manifest(B, extra=f"depends_on: [{A}]\ninputs:\n  onnx: {A}:model.onnx\n")
+    assert only_problem(tmp_path, {fa(A): manifest(A, "trian"), fa(B): text}) == (
+        "tasks/AG-DS-A-001.yaml:5:10: unknown handler 'trian' (did you mean 'train'?) [handler]")
+
+
+# --- the WBS hierarchy -------------------------------------------------------------------
+
+def test_wbs_not_in_the_project_hierarchy(tmp_path):
+    assert only_problem(tmp_path, {fa(A): manifest(A, wbs="9.9")}, defaults=HIERARCHY) == (
+        "tasks/AG-DS-A-001.yaml:4:6: wbs '9.9' is not in the project hierarchy (tasks/project.yaml) [wbs]")
+
+
+def test_wbs_belonging_to_another_task(tmp_path):
+    files = {fa(A): manifest(A, wbs="1.1"), fa(B): manifest(B, wbs="1.1")}
+    assert only_problem(tmp_path, files, defaults=HIERARCHY) == (
+        "tasks/AG-DS-B-001.yaml:4:6: wbs '1.1' belongs to AG-DS-A-001 in the project hierarchy "
+        "(tasks/project.yaml) [wbs]")
+
+
+def test_wbs_of_a_group_node_is_accepted(tmp_path):
+    root = make_project(tmp_path, {fa(C): manifest(C, wbs="1")}, defaults=HIERARCHY)
+    assert sorted(load_project(root, REGISTRY).steps) == [C]
+
+
+def test_without_a_hierarchy_any_wbs_is_accepted(tmp_path):
+    root = make_project(tmp_path, {fa(A): manifest(A, wbs="7.7.7")}, defaults="name: flat\n")
+    assert load_project(root, REGISTRY).defaults.name == "flat"
+
+
+def test_problem_in_project_yaml(tmp_path):
+    defaults = """\
+        name: tiny
+        dat:
+          root: /data
+        """
+    assert only_problem(tmp_path, {fa(A): manifest(A)}, defaults=defaults) == (
+        "tasks/project.yaml:2:1: unknown field 'dat' (did you mean 'data'?) [dat]")
+
+
+def test_nested_problem_in_project_yaml(tmp_path):
+    defaults = """\
+        name: tiny
+        hierarchy:
+          - wbs: "1"
+            title: Ana
+            children:
+              - wbs: one
+                title: Alt
+        """
+    assert only_problem(tmp_path, {fa(A): manifest(A)}, defaults=defaults) == (
+        "tasks/project.yaml:6:14: String should match pattern '^\\d+(\\.\\d+)*$' (got 'one') "
+        "[hierarchy[0].children[0].wbs]")
+
+
+def test_project_yaml_that_is_not_a_mapping(tmp_path):
+    assert only_problem(tmp_path, {fa(A): manifest(A)}, defaults="- a\n") == (
+        "tasks/project.yaml:1:1: a manifest must be a YAML mapping (key: value lines)")
+
+
+# --- everything at once ------------------------------------------------------------------
+
+def test_all_problems_in_all_files_are_reported_at_once_and_sorted(tmp_path):
+    d, e, f, g = "AG-DS-D-001", "AG-DS-E-001", "AG-DS-F-001", "AG-DS-G-001"
+    root = make_project(tmp_path, {
+        fa(g): manifest(g, extra=f"depends_on: [{f}]\n"),
+        fa(e): manifest(e, extra="retries: two\n"),
+        fa(A): manifest(A, wbs="1.1"),
+        fa(f): manifest(f, "trian", extra=f"depends_on: [{g}]\n"),
+        fa(d): "id: [\n",
+        fa(B): manifest(B, extra=f"depends_on: [{A}, AG-DS-Q-001]\ncolor: red\n"),
+        fa(C): manifest(C, wbs="1.2", extra=f"""\
+            depends_on: [{B}, {A}]
+            inputs:
+              m: {d}:model.pt
+              n: {A}:model.onnx
+            """),
+    }, defaults=HIERARCHY)
+    with pytest.raises(InvalidManifests) as info:
+        load_project(root, REGISTRY)
+    err = info.value
+    assert [str(p) for p in err.problems] == [
+        "tasks/AG-DS-B-001.yaml:7:1: unknown field 'color' [color]",
+        "tasks/AG-DS-C-001.yaml:4:6: wbs '1.2' belongs to AG-DS-B-001 in the project hierarchy "
+        "(tasks/project.yaml) [wbs]",
+        "tasks/AG-DS-C-001.yaml:8:6: input 'm' comes from AG-DS-D-001, which is not in depends_on "
+        "[inputs.m]",
+        "tasks/AG-DS-C-001.yaml:9:6: input 'n': AG-DS-A-001 (train) produces no 'model.onnx' "
+        "(it produces: model.pt, metrics.json) [inputs.n]",
+        "tasks/AG-DS-D-001.yaml:2:1: YAML syntax error: while parsing a flow node: "
+        "did not find expected node content",
+        "tasks/AG-DS-E-001.yaml:6:10: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'two') [retries]",
+        "tasks/AG-DS-F-001.yaml:5:10: unknown handler 'trian' (did you mean 'train'?) [handler]",
+        "tasks/AG-DS-F-001.yaml:6:14: dependency cycle: AG-DS-F-001 -> AG-DS-G-001 -> AG-DS-F-001 "
+        "[depends_on[0]]",
+    ]
+    assert err.problems == sorted(err.problems)
+    assert err.exit_code == EXIT_INVALID
+    assert err.message == f"{len(err.problems)} problems in the manifests"
+    assert "atlas validate" in err.hint
+
+
+def test_problems_in_project_yaml_and_manifests_together(tmp_path):
+    root = make_project(tmp_path, {fa(A): manifest(A, extra="colour: red\n")}, defaults="name: x\nownr: me\n")
+    assert problems(root) == [
+        "tasks/AG-DS-A-001.yaml:6:1: unknown field 'colour' [colour]",
+        "tasks/project.yaml:2:1: unknown field 'ownr' (did you mean 'owner'?) [ownr]",
+    ]
+
+
+def test_a_dependency_whose_manifest_is_broken_is_not_also_unknown(tmp_path):
+    # B's file exists but does not validate: report B's problem once, not "unknown task B" in A
+    root = make_project(tmp_path, {fa(A): manifest(A, extra=f"depends_on: [{B}, {C}]\n"),
+                                   fa(B): manifest(B, extra="retries: two\n"),
+                                   fa(C): "[unclosed\n"})
+    assert problems(root) == [
+        "tasks/AG-DS-B-001.yaml:6:10: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'two') [retries]",
+        "tasks/AG-DS-C-001.yaml:2:1: YAML syntax error: while parsing a flow sequence: "
+        "did not find expected ',' or ']'",
+    ]
+
+
+def test_unknown_task_is_never_suggested_as_itself(tmp_path):
+    text = manifest(A, extra="depends_on: [AG-DS-A-002]\n")
+    assert only_problem(tmp_path, {fa(A): text}) == (
+        "tasks/AG-DS-A-001.yaml:6:14: unknown task 'AG-DS-A-002' in depends_on [depends_on[0]]")
+
+
+def test_problems_are_manifest_problem_values(tmp_path):
+    root = make_project(tmp_path, {fa(A): manifest(A, extra="retries: two\n")})
+    with pytest.raises(InvalidManifests) as info:
+        load_project(root, REGISTRY)
+    (problem,) = info.value.problems
+    assert isinstance(problem, ManifestProblem)
+    assert problem.as_dict() == {
+        "file": "tasks/AG-DS-A-001.yaml", "line": 6, "col": 10,
+        "message": "Input should be a valid integer, unable to parse string as an integer (got 'two')",
+        "field": "retries"}
+    assert info.value.message == "1 problem in the manifests"
+
+
+# --- find_root ---------------------------------------------------------------------------
+
+def test_find_root_at_the_project(tmp_path):
+    make_project(tmp_path, {})
+    assert find_root(tmp_path) == tmp_path.resolve()
+
+
+def test_find_root_walks_up_from_a_subfolder(tmp_path):
+    make_project(tmp_path, {})
+    deep = tmp_path / "handlers" / "sub" / "deeper"
+    deep.mkdir(parents=True)
+    assert find_root(deep) == tmp_path.resolve()
+
+
+def test_find_root_takes_the_nearest_project(tmp_path):
+    make_project(tmp_path, {})
+    inner = make_project(tmp_path / "nested", {})
+    assert find_root(inner / "tasks") == inner.resolve()
+
+
+def test_find_root_ignores_a_file_named_tasks(tmp_path):
+    outer = make_project(tmp_path, {})
+    inner = tmp_path / "x"
+    inner.mkdir()
+    (inner / "tasks").write_text("not a folder\n")
+    assert find_root(inner) == outer.resolve()
+
+
+def test_find_root_without_a_project(tmp_path):
+    if any((p / "tasks").is_dir() for p in (tmp_path, *tmp_path.parents)):
+        pytest.skip("a tasks/ folder above the temporary directory")
+    start = tmp_path / "a" / "b"
+    start.mkdir(parents=True)
+    with pytest.raises(ProjectNotFound) as info:
+        find_root(start)
+    err = info.value
+    assert err.message == f"no tasks/ folder in {start.resolve()} or any parent"
+    assert err.hint == "run atlas inside a project, or pass -C PROJECT_DIR"
+    assert err.exit_code == 2
+
+
+# --- the real project --------------------------------------------------------------------
+
+def test_the_real_project_loads_without_problems():
+    project = load_project(REPO, Registry())
+    assert project.steps, "tasks/ holds manifests"
+    for task_id, step in project.steps.items():
+        assert step.file == f"tasks/{task_id}.yaml"
+        assert step.handler.name == step.manifest.handler
+    assert {"AG-DS-CUDASETUP-001", "AG-DS-LIBTEST-001", "AG-DS-LITREVIEW-001"} <= set(project.steps)
+    assert ("AG-DS-CUDASETUP-001", "AG-DS-LIBTEST-001") in project.graph.edges
+    assert project.defaults.name == "chest-xray-gpu"
+    wbs = project.defaults.wbs_index()
+    for task_id, step in project.steps.items():
+        assert wbs[step.manifest.wbs].task == task_id
+
+
+def test_the_real_project_found_from_a_subfolder():
+    assert find_root(REPO / "atlas") == REPO
