@@ -4,6 +4,7 @@ timeout, and kill its whole process group on timeout or Ctrl-C.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -92,6 +93,15 @@ def terminate(proc: subprocess.Popen) -> None:
             time.sleep(0.05)
 
 
+def _guarded(sink: Callable, item: object) -> None:
+    """A failing sink (say, a locked database) must not stop the pipe being drained:
+    a child blocked on a full pipe would hang the step."""
+    try:
+        sink(item)
+    except Exception as exc:
+        logging.getLogger("atlas.process").warning("could not record a step event: %s", exc)
+
+
 def _pump_lines(stream, sink: Callable[[str], None]) -> None:
     for raw in iter(stream.readline, b""):
         sink(raw.decode("utf-8", "replace").rstrip("\n"))
@@ -115,11 +125,11 @@ def run_step_process(spec: dict, spec_path: Path, *, cwd: Path, env: dict[str, s
         if event.get("type") == "result":
             result.update(event)
         else:
-            on_event(event)
+            _guarded(on_event, event)
 
     def log_sink(line: str) -> None:
         lines[0] += 1
-        on_log(line)
+        _guarded(on_log, line)
 
     try:
         proc = subprocess.Popen([sys.executable, "-m", "atlas.worker", str(spec_path)], cwd=cwd, env=env,
@@ -151,6 +161,7 @@ def run_step_process(spec: dict, spec_path: Path, *, cwd: Path, env: dict[str, s
         terminate(proc)
         raise
     finally:
+        terminate(proc)   # processes the step left behind go with it
         for reader in readers:
             reader.join(timeout=10)
         table.remove(proc)

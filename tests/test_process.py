@@ -63,6 +63,25 @@ class Sleepy(Handler):
         return Result.succeeded()
 
 
+class Noisy(Handler):
+    name = "noisy"
+
+    def run(self, ctx):
+        for i in range(5000):          # far more than a pipe buffer holds
+            ctx.metric("m", i)
+        return Result.succeeded("5000 metrics")
+
+
+class Leaver(Handler):
+    """Starts a background process and returns without waiting for it."""
+    name = "leaver"
+
+    def run(self, ctx):
+        child = subprocess.Popen(["sleep", "60"])
+        (ctx.output_dir / "pids").write_text(f"{os.getpid()} {child.pid}")
+        return Result.succeeded()
+
+
 class Stubborn(Handler):
     """Starts a grandchild that ignores SIGTERM (as a busy DataLoader worker may), then hangs."""
     name = "stubborn"
@@ -272,3 +291,20 @@ def test_timeout_kills_a_grandchild_that_ignores_sigterm(step, monkeypatch):
     finally:
         if _alive(grandchild):
             os.kill(grandchild, 9)
+
+
+
+def test_a_failing_event_sink_does_not_stop_the_step(step):
+    """A sink that raises (a locked database, say) must not leave the child blocked on a full pipe."""
+    def failing_sink(event):
+        raise RuntimeError("database is locked")
+    step.on_event = failing_sink
+    proc = step.run("Noisy", timeout=60)
+    assert proc.result["status"] == "succeeded" and proc.result["message"] == "5000 metrics"
+
+
+def test_processes_left_behind_by_a_finished_step_are_killed(step):
+    proc = step.run("Leaver", timeout=60)
+    assert proc.result["status"] == "succeeded"
+    worker, grandchild = map(int, (step.out / "pids").read_text().split())
+    assert not _alive(grandchild)
