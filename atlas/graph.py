@@ -16,14 +16,15 @@ def build_graph(depends_on: Mapping[Hashable, Iterable[Hashable]]) -> nx.DiGraph
 
 def find_cycles(graph: nx.DiGraph) -> list[list[Hashable]]:
     """One cycle per strongly connected component that has one (linear time overall)."""
-    cycles = []
+    cycles: list[list[Hashable]] = []
+    if nx.is_directed_acyclic_graph(graph):     # the usual case, one linear pass
+        return cycles
     for component in nx.strongly_connected_components(graph):
-        sub = graph.subgraph(component)
         if len(component) == 1:
             node = next(iter(component))
             if not graph.has_edge(node, node):
                 continue
-        edges = nx.find_cycle(sub)
+        edges = nx.find_cycle(graph.subgraph(component))
         cycle = [edge[0] for edge in edges]
         # rotate so that the smallest name leads: stable messages
         start = cycle.index(min(cycle, key=str))

@@ -225,6 +225,18 @@ class StateStore:
                                "ORDER BY name", (step_run_id,)).fetchall()
         return [dict(r) for r in rows]
 
+    def artifacts_of(self, step_run_ids: list[int]) -> dict[int, list[dict]]:
+        """Artifacts of many step runs in one query (planning thousands of steps)."""
+        found: dict[int, list[dict]] = {i: [] for i in step_run_ids}
+        for start in range(0, len(step_run_ids), 500):      # SQLite's bound-parameter limit
+            chunk = step_run_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT step_run_id, name, path, sha256, size FROM artifacts "
+                                       f"WHERE step_run_id IN ({marks}) ORDER BY name", chunk):
+                data = dict(row)
+                found[data.pop("step_run_id")].append(data)
+        return found
+
     def log_tail(self, step_run_id: int, lines: int = 20) -> list[str]:
         rows = self.db.execute("SELECT line FROM (SELECT rowid, line FROM logs WHERE step_run_id = ? "
                                "ORDER BY rowid DESC LIMIT ?) ORDER BY rowid", (step_run_id, lines)).fetchall()

@@ -23,7 +23,7 @@ from atlas.planner import Plan, StepFacts, decide, plan
 from atlas.probe import Probe
 from atlas.process import ProcessTable
 from atlas.registry import Registry
-from atlas.state import StateStore
+from atlas.state import StateStore, StepRun
 from atlas.steprun import GpuPool, StepRunner
 
 
@@ -60,22 +60,44 @@ def _path_digest(root: Path, rel: str) -> str:
     return "missing"
 
 
-def step_facts(project: Project, store: StateStore, probe: Probe, task: str) -> StepFacts:
+class History:
+    """Last success / last attempt of each task and their artifacts. A snapshot (for
+    `atlas plan`) reads everything in three queries; a live view (for `atlas run`, where
+    steps finish between decisions) asks the store each time."""
+
+    def __init__(self, store: StateStore, snapshot: bool) -> None:
+        self.store, self.snapshot = store, snapshot
+        self._successes = store.last_successes() if snapshot else None
+        self._lasts = store.last_steps() if snapshot else None
+        self._artifacts = store.artifacts_of([r.id for r in self._successes.values()]) if snapshot else None
+
+    def last_success(self, task: str) -> StepRun | None:
+        return self._successes.get(task) if self.snapshot else self.store.last_success(task)
+
+    def last_step(self, task: str) -> StepRun | None:
+        return self._lasts.get(task) if self.snapshot else self.store.last_step(task)
+
+    def artifacts(self, step_run_id: int) -> list[dict]:
+        return self._artifacts.get(step_run_id, []) if self.snapshot else self.store.artifacts(step_run_id)
+
+
+def step_facts(project: Project, history: History, probe: Probe, task: str) -> StepFacts:
     """Gather what the planner needs about one step from the manifests and the store."""
     step = project.steps[task]
     inputs: dict[str, str | None] = {}
     required, optional = set(), set()
-    for name, spec in step.manifest.input_specs().items():
-        source, output = spec.from_.split(":", 1)
-        (optional if spec.optional else required).add(source)
-        last = store.last_success(source)
-        inputs[name] = artifacts.input_digest(store.artifacts(last.id), output) if last else None
+    for name, spec in step.manifest.inputs.items():
+        ref, is_optional = (spec, False) if isinstance(spec, str) else (spec.from_, spec.optional)
+        source, output = ref.split(":", 1)
+        (optional if is_optional else required).add(source)
+        last = history.last_success(source)
+        inputs[name] = artifacts.input_digest(history.artifacts(last.id), output) if last else None
     for rel in step.handler.watched_paths(step.params):
         inputs[f"file:{rel}"] = _path_digest(project.root, rel)
     gpu = step.handler.gpu_env or "cuda" in step.requirements()
     comps = components(step.handler, step.params.model_dump(mode="json"), inputs,
                        probe.gpu_environment() if gpu else None)
-    last_success, last_any = store.last_success(task), store.last_step(task)
+    last_success, last_any = history.last_success(task), history.last_step(task)
     return StepFacts(requires=tuple(step.requirements()), components=comps,
                      last=last_success.components if last_success else None,
                      last_status=last_any.status if last_any else None, manual=step.handler.manual,
@@ -84,9 +106,10 @@ def step_facts(project: Project, store: StateStore, probe: Probe, task: str) -> 
 
 def make_plan(project: Project, store: StateStore, probe: Probe, targets: list[str],
               force: Iterable[str] = (), force_all: bool = False) -> tuple[nx.DiGraph, Plan]:
-    graph = subgraph(project, targets)
+    graph = upstream(project.graph, targets) if targets else project.graph   # read only: no copy
     forced = set(graph) if force_all else set(force)
-    facts = {task: step_facts(project, store, probe, task) for task in graph}
+    history = History(store, snapshot=True)
+    facts = {task: step_facts(project, history, probe, task) for task in graph}
     return graph, plan(graph, facts, probe.capabilities(), forced)
 
 
@@ -150,13 +173,14 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
     forced = set(graph) if options.force_all else set(targets) if options.force else set()
     capabilities = probe.capabilities()
     facts: dict[str, StepFacts] = {}
+    live = History(store, snapshot=False)
     run_id = store.start_run(targets, options.argv, __version__)
     table = ProcessTable()
     runner = StepRunner(project, store, run_id, display, facts, table,
                         GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1))
 
     def decide_now(task: str, upstream_outcomes: dict) -> object:
-        facts[task] = step_facts(project, store, probe, task)
+        facts[task] = step_facts(project, live, probe, task)
         return decide(task, facts[task], upstream_outcomes, capabilities, task in forced)
 
     def note(task: str, outcome: Outcome) -> None:
@@ -192,7 +216,7 @@ def mark_done(project: Project, probe: Probe, task: str, note: str, wait_lock: b
     with ProjectLock(project.state_dir).acquire(wait=wait_lock):
         store = open_store(project)
         try:
-            facts = step_facts(project, store, probe, task)
+            facts = step_facts(project, History(store, snapshot=False), probe, task)
             comps = facts.components
             sr = store.start_step(None, task, step.handler.name, reason="marked done",
                                   fingerprint=fingerprint(comps), components=comps, params=comps["params"])

@@ -16,7 +16,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import jinja2
 from pydantic import Field, field_validator
 
 from atlas import probe
@@ -202,7 +201,9 @@ def _ascii(text: str) -> str:
     return str(text).encode("ascii", "replace").decode("ascii")
 
 
-def _environment() -> jinja2.Environment:
+def _environment() -> "jinja2.Environment":
+    import jinja2  # only when the step runs: `atlas validate` imports this module too
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(shq=shlex.quote, psq=_ps_quote, ascii=_ascii)
@@ -262,6 +263,8 @@ class CudaSetup(Handler):
         if facts.gpus:
             ctx.metric("gpu_memory_total", sum(g["memory_mib"] for g in facts.gpus), "MiB")
         ctx.metric("problems", sum(f.level == "problem" for f in decision.findings))
+        import jinja2
+
         try:
             texts = render(ctx.task_id, facts, decision, params)
         except jinja2.TemplateError as exc:
