@@ -6,7 +6,6 @@ from dataclasses import asdict
 from atlas.loader import Project
 from atlas.probe import CAPABILITIES, Probe
 from atlas.render import status_rows
-from atlas.state import StateStore
 from atlas.workflow import check_targets, open_store
 
 

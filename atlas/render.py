@@ -42,8 +42,13 @@ def plan_text(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _q(text: str) -> str:
+    """Text safe inside a double-quoted DOT or Mermaid label (reasons quote param values)."""
+    return text.replace('"', "'")
+
+
 def _label(project: Project, task: str) -> str:
-    return project.steps[task].manifest.title_en.replace('"', "'")
+    return _q(project.steps[task].manifest.title_en)
 
 
 def plan_dot(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
@@ -51,7 +56,7 @@ def plan_dot(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
     for task in plan.order():
         d = plan.decisions[task]
         lines.append(f'  "{task}" [label="{task}\\n{_label(project, task)}\\n{ACTION_WORD[d.action]}: '
-                     f'{d.reason}", fillcolor="{STATUS_COLOR[d.action]}", fontcolor=white];')
+                     f'{_q(d.reason)}", fillcolor="{STATUS_COLOR[d.action]}", fontcolor=white];')
     for dep, task in sorted(graph.edges):
         lines.append(f'  "{dep}" -> "{task}";')
     return "\n".join(lines + ["}"])
@@ -66,7 +71,7 @@ def plan_mermaid(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
     for task in plan.order():
         d = plan.decisions[task]
         lines.append(f'  {_mermaid_id(task)}["{task}<br/>{_label(project, task)}<br/>'
-                     f'{ACTION_WORD[d.action]}: {d.reason}"]:::{d.action.replace("-", "")}')
+                     f'{ACTION_WORD[d.action]}: {_q(d.reason)}"]:::{d.action.replace("-", "")}')
     for dep, task in sorted(graph.edges):
         lines.append(f"  {_mermaid_id(dep)} --> {_mermaid_id(task)}")
     for action, color in STATUS_COLOR.items():

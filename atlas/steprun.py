@@ -15,6 +15,7 @@ from typing import Callable
 from atlas import artifacts
 from atlas.console import RunDisplay
 from atlas.executor import Outcome
+from atlas.fingerprint import fingerprint
 from atlas.loader import Project, Step
 from atlas.planner import Decision
 from atlas.process import ProcessTable, run_step_process
@@ -96,8 +97,6 @@ class StepRunner:
 
     def _attempt(self, step: Step, decision: Decision, devices: list[int] | None,
                  attempt: int, attempts: int) -> Outcome:
-        from atlas.fingerprint import fingerprint
-
         comps = self.facts[step.id].components
         state_dir = self.project.state_dir
         sr = self.store.start_step(self.run_id, step.id, step.handler.name, reason=decision.reason,

@@ -17,22 +17,17 @@ from atlas.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STRICT_SKI
 from atlas.executor import Interrupted, Outcome, execute
 from atlas.fingerprint import components, file_sha256, fingerprint
 from atlas.graph import upstream
-from atlas.loader import Project, load_project
+from atlas.loader import Project
 from atlas.lock import ProjectLock
 from atlas.planner import Plan, StepFacts, decide, plan
 from atlas.probe import Probe
 from atlas.process import ProcessTable
-from atlas.registry import Registry
 from atlas.state import StateStore, StepRun
 from atlas.steprun import GpuPool, StepRunner
 
 
 def open_store(project: Project) -> StateStore:
     return StateStore(project.state_dir / "state.db")
-
-
-def load(root: Path, registry: Registry | None = None) -> Project:
-    return load_project(root, registry)
 
 
 def check_targets(project: Project, targets: Iterable[str]) -> list[str]:

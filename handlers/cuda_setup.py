@@ -15,12 +15,16 @@ import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from atlas import probe
 from atlas.handler import Context, Handler, Params, Result
 from handlers import cuda_compat
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES = Path(__file__).parent / "templates"
 _VENV_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
