@@ -109,4 +109,29 @@ class NoOutput(Handler):
         return Result.succeeded("forgot to write")
 
 
-ALL = (Echo, Copy, Fail, Sleep, Crash, Raise, Flaky, NeedsTensorRT, NoOutput)
+
+
+class WhichGpu(Handler):
+    """Records which GPU the runner gave the step (for the -j GPU-assignment test)."""
+
+    name = "which_gpu"
+    outputs = ("gpu.json",)
+    gpu_env = True
+
+    def run(self, ctx: Context) -> Result:
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        ctx.write_json("gpu.json", {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                    "devices": ctx.devices, "visible_count": torch.cuda.device_count(),
+                                    "uuid": str(props.uuid), "name": props.name})
+        # hold the GPU a moment so that both steps of the test overlap
+        x = torch.randn(4096, 4096, device="cuda")
+        for _ in range(200):
+            x = torch.tanh(x @ x.T / 4096)
+        torch.cuda.synchronize()
+        time.sleep(2)
+        return Result.succeeded(f"ran on {props.name}")
+
+
+ALL = (Echo, Copy, Fail, Sleep, Crash, Raise, Flaky, NeedsTensorRT, NoOutput, WhichGpu)
