@@ -210,6 +210,21 @@ def history(ctx: click.Context, task: str | None, limit: int, as_json: bool) -> 
 
 
 @main.command()
+@click.argument("run_a", type=int)
+@click.argument("run_b", type=int)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.pass_context
+def compare(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None:
+    """Two runs side by side: each step's status and duration, and the change in every
+    metric both recorded (run numbers as `atlas run` and `atlas history` print them)."""
+    from atlas.queries import compare as compare_runs
+    from atlas.render import compare_text
+
+    data = compare_runs(_project(ctx), run_a, run_b)
+    _emit_json(data) if as_json else click.echo(compare_text(data))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 def env(as_json: bool) -> None:
     """What this machine offers: GPUs, driver, CUDA, cuDNN, TensorRT, DALI, CuPy, ... .

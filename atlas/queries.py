@@ -6,6 +6,7 @@ from dataclasses import asdict
 from atlas.loader import Project
 from atlas.probe import CAPABILITIES, Probe
 from atlas.render import status_rows
+from atlas.errors import UsageError
 from atlas.workflow import check_targets, open_store
 
 
@@ -57,6 +58,46 @@ def history(project: Project, task: str | None, limit: int) -> list:
         return []
     try:
         return store.history(task, limit)
+    finally:
+        store.close()
+
+
+def _metrics_of(store, sr) -> dict[str, dict]:
+    """Last value of each metric of a step run; an up-to-date record shows the success it
+    repeats (same fingerprint)."""
+    if sr.status == "up-to-date":
+        rows = [r for r in store.history(sr.task, 1000) if r.id < sr.id and r.status == "succeeded"
+                and r.fingerprint == sr.fingerprint]
+        sr = rows[0] if rows else sr
+    return {m["name"]: m for m in store.metrics(sr.id)}
+
+
+def compare(project: Project, run_a: int, run_b: int) -> dict:
+    """Two runs side by side: each step's status and duration, and every metric both have."""
+    store = _with_store(project)
+    if store is None:
+        raise UsageError("no runs recorded yet", "atlas run TARGET first")
+    try:
+        steps: dict[str, dict] = {}
+        for side, run_id in (("a", run_a), ("b", run_b)):
+            if store.run(run_id) is None:
+                raise UsageError(f"no run {run_id} in this project", "`atlas history` shows the run of each step")
+            for sr in store.steps_of_run(run_id):        # the last attempt of a step wins
+                steps.setdefault(sr.task, {"task": sr.task, "a": None, "b": None})[side] = {
+                    "status": sr.status, "duration": sr.duration, "reason": sr.reason,
+                    "metrics": _metrics_of(store, sr)}
+        for entry in steps.values():
+            a, b = entry["a"] or {"metrics": {}}, entry["b"] or {"metrics": {}}
+            entry["metrics"] = [
+                {"name": name, "unit": b["metrics"][name]["unit"], "a": a["metrics"][name]["value"],
+                 "b": b["metrics"][name]["value"],
+                 "delta": None if None in (a["metrics"][name]["value"], b["metrics"][name]["value"])
+                 else b["metrics"][name]["value"] - a["metrics"][name]["value"]}
+                for name in sorted(set(a["metrics"]) & set(b["metrics"]))]
+            for side in ("a", "b"):
+                if entry[side]:
+                    entry[side].pop("metrics")
+        return {"a": run_a, "b": run_b, "steps": sorted(steps.values(), key=lambda e: e["task"])}
     finally:
         store.close()
 

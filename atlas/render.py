@@ -151,3 +151,20 @@ def _metric_line(metric: dict) -> str:
 def history_text(rows: list[StepRun]) -> str:
     return "\n".join(f"{r.id:>5}  run {r.run_id or '-':>4}  {when(r.started)}  {r.task:<22} {r.status:<11} "
                      f"{seconds(r.duration):>7}  {r.reason or ''}" for r in rows) or "no step runs yet"
+
+
+def compare_text(data: dict) -> str:
+    lines = [f"run {data['a']} -> run {data['b']}"]
+    for e in data["steps"]:
+        a, b = e["a"] or {}, e["b"] or {}
+        lines.append(f"{e['task']}: {a.get('status', '-')} {seconds(a.get('duration'))} -> "
+                     f"{b.get('status', '-')} {seconds(b.get('duration'))}")
+        for m in e["metrics"]:
+            delta = "" if m["delta"] is None else f" ({m['delta']:+.4g})"
+            lines.append(f"    {m['name']}: {_num(m['a'])} -> {_num(m['b'])} {m['unit'] or ''}{delta}".rstrip())
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "null" if value is None else f"{value:.6g}"
+

@@ -173,3 +173,22 @@ def test_report_formats(tmp_path):
     data = json.loads(atlas(root, "report", "--format", "json").stdout)
     assert data["counts"] == {"up-to-date": 2}
     assert data["steps"][0]["metrics"][0]["value"] == 2.0
+
+
+def test_compare_two_runs(tmp_path):
+    root = project(tmp_path)
+    first = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
+    write_task(root, task(A, "echo", params={"text": "hello"}))
+    second = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
+    text = atlas(root, "compare", str(first), str(second)).stdout
+    assert text.splitlines()[0] == f"run {first} -> run {second}"
+    assert "    chars: 2 -> 5 chars (+3)" in text
+    data = json.loads(atlas(root, "compare", str(first), str(second), "--json").stdout)
+    step_a = next(s for s in data["steps"] if s["task"] == A)
+    assert (step_a["a"]["status"], step_a["b"]["status"]) == ("succeeded", "succeeded")
+    assert step_a["metrics"] == [{"name": "chars", "unit": "chars", "a": 2.0, "b": 5.0, "delta": 3.0}]
+    third = json.loads(atlas(root, "run", B, "--json").stdout)["run"]      # up to date: same metrics
+    same = json.loads(atlas(root, "compare", str(second), str(third), "--json").stdout)
+    assert next(s for s in same["steps"] if s["task"] == A)["metrics"][0]["delta"] == 0.0
+    missing = atlas(root, "compare", str(first), "99")
+    assert missing.exit_code == 2 and "error: no run 99 in this project" in missing.stderr
