@@ -37,11 +37,8 @@ def show(project: Project, task: str, log_lines: int = 20) -> dict:
     try:
         last = store.last_step(task)
         if last is not None:
-            shown = last
-            # an up-to-date or skipped record has no metrics of its own: show the last success's
-            success = store.last_success(task)
-            source = success if last.status in ("up-to-date",) and success else last
-            detail["last"] = asdict(shown)
+            source = store.result_of(last)      # an up-to-date record has no metrics of its own
+            detail["last"] = asdict(last)
             detail["metrics"] = store.metrics(source.id)
             detail["artifacts"] = store.artifacts(source.id)
             detail["log_tail"] = store.log_tail(source.id, log_lines)
@@ -63,13 +60,8 @@ def history(project: Project, task: str | None, limit: int) -> list:
 
 
 def _metrics_of(store, sr) -> dict[str, dict]:
-    """Last value of each metric of a step run; an up-to-date record shows the success it
-    repeats (same fingerprint)."""
-    if sr.status == "up-to-date":
-        rows = [r for r in store.history(sr.task, 1000) if r.id < sr.id and r.status == "succeeded"
-                and r.fingerprint == sr.fingerprint]
-        sr = rows[0] if rows else sr
-    return {m["name"]: m for m in store.metrics(sr.id)}
+    """Last value of each metric a step run stands for."""
+    return {m["name"]: m for m in store.metrics(store.result_of(sr).id)}
 
 
 def compare(project: Project, run_a: int, run_b: int) -> dict:

@@ -24,8 +24,7 @@ def _step_entry(project: Project, store: StateStore | None, task: str) -> dict:
     if success is not None:
         for m in store.metrics(success.id):          # the last value of each metric
             metrics[m["name"]] = m
-    # an up-to-date record repeats the last success: show what that run found
-    shown = success if last is not None and last.status == "up-to-date" and success else last
+    shown = store.result_of(last) if last else None   # up to date: what the repeated success found
     return {"id": task, "title": step.manifest.title, "title_en": step.manifest.title_en,
             "wbs": step.manifest.wbs, "handler": step.handler.name, "libraries": step.manifest.libraries,
             "license": step.manifest.license, "depends_on": step.manifest.depends_on,

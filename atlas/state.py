@@ -197,6 +197,15 @@ class StateStore:
                            "ORDER BY id DESC LIMIT 1", (task,))
         return rows[0] if rows else None
 
+    def result_of(self, step_run: StepRun) -> StepRun:
+        """The step run whose outputs and metrics a record stands for: an up-to-date record
+        repeats the success with its fingerprint; any other record stands for itself."""
+        if step_run.status != "up-to-date":
+            return step_run
+        rows = self._steps("SELECT * FROM step_runs WHERE task = ? AND status = 'succeeded' AND fingerprint = ? "
+                           "AND id < ? ORDER BY id DESC LIMIT 1", (step_run.task, step_run.fingerprint, step_run.id))
+        return rows[0] if rows else step_run
+
     def last_successes(self) -> dict[str, StepRun]:
         rows = self._steps("SELECT s.* FROM step_runs s JOIN (SELECT task, MAX(id) AS id FROM step_runs "
                            "WHERE status = 'succeeded' GROUP BY task) m ON s.id = m.id", ())

@@ -227,3 +227,19 @@ def test_writer_thread_and_reader_on_the_same_file(tmp_path):
     assert reader.log_tail(reader.last_step("T4").id) == [f"step {steps - 1}"]
     writer.close()
     reader.close()
+
+
+def test_result_of_an_up_to_date_record_is_the_success_it_repeats(store):
+    old = store.start_step(None, "T", "h", fingerprint="fp-old")
+    store.finish_step(old, "succeeded")
+    ok = store.start_step(None, "T", "h", fingerprint="fp")
+    store.finish_step(ok, "succeeded")
+    failed = store.start_step(None, "T", "h", fingerprint="fp-new")
+    store.finish_step(failed, "failed")
+    same = store.start_step(None, "T", "h", "up-to-date", fingerprint="fp")
+    store.finish_step(same, "up-to-date")
+    assert store.result_of(store.step_run(same)).id == ok           # same fingerprint, not the latest
+    assert store.result_of(store.step_run(failed)).id == failed     # any other record stands for itself
+    orphan = store.start_step(None, "U", "h", "up-to-date", fingerprint="nowhere")
+    store.finish_step(orphan, "up-to-date")
+    assert store.result_of(store.step_run(orphan)).id == orphan
