@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import sys
@@ -44,9 +45,34 @@ def _source_digest(module_name: str) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+@lru_cache(maxsize=None)
+def _code_digest(module_name: str) -> str:
+    """Digest of a module's or a package's sources, found without importing them (the
+    shared ML code imports torch, which planning must not)."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return "missing"
+    if spec is None:
+        return "missing"
+    if spec.submodule_search_locations:
+        files = sorted(f for d in spec.submodule_search_locations for f in Path(d).rglob("*.py"))
+    else:
+        files = [Path(spec.origin)] if spec.origin else []
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def handler_version(handler: type[Handler]) -> str:
-    """name@version:source-digest — editing the handler's module re-runs its steps."""
-    return f"{handler.name}@{handler.version}:{_source_digest(handler.__module__)}"
+    """name@version:source-digest — editing the handler's module, or the shared code it
+    declares in `code_modules`, re-runs its steps."""
+    code = _source_digest(handler.__module__)
+    if handler.code_modules:
+        code = hashlib.sha256(":".join([code, *map(_code_digest, handler.code_modules)]).encode()).hexdigest()[:12]
+    return f"{handler.name}@{handler.version}:{code}"
 
 
 def components(handler: type[Handler], params: dict, inputs: dict[str, str | None],

@@ -73,6 +73,12 @@ class Handler:
     gpu_env: ClassVar[bool] = False
     # A manual step is completed by `atlas done`, not by running code.
     manual: ClassVar[bool] = False
+    # Shared code the handler runs (modules or packages, e.g. "handlers.ml"): their sources
+    # enter the fingerprint too, so editing the training loop re-runs the training steps.
+    code_modules: ClassVar[tuple[str, ...]] = ()
+    # Sections of tasks/project.yaml the step reads ("data", "model"): changing them re-runs
+    # it, and a data.root folder's file listing (names, sizes, times) is watched as well.
+    project_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def watched_paths(cls, params: Params) -> list[str]:

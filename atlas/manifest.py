@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from atlas.probe import CAPABILITIES
 
@@ -104,15 +104,42 @@ class WbsNode(Strict):
     children: list["WbsNode"] = []
 
 
+class SyntheticDefaults(Strict):
+    """Size of the built-in synthetic X-ray-like set (images per class and split)."""
+    train: int = Field(120, ge=2)
+    val: int = Field(30, ge=1)
+    test: int = Field(30, ge=1)
+    seed: int = 0
+
+
 class DataDefaults(Strict):
-    root: str | None = Field(None, description="chest X-ray folder (train/ val/ test/); null = synthetic")
-    classes: list[str] = ["NORMAL", "PNEUMONIA"]
-    image_size: int = Field(224, ge=8)
+    root: str | None = Field(None, description="chest X-ray folder (train/ val/ test/, one folder per class) "
+                                               "or a PneumoniaMNIST/ChestMNIST .npz; null = built-in synthetic set")
+    classes: list[str] = Field(["NORMAL", "PNEUMONIA"], min_length=2)
+    positive_class: str | None = Field(None, description="class that sensitivity/F1/AUC treat as positive; "
+                                                         "default: the last class")
+    image_size: int = Field(224, ge=16, description="model input size in pixels (square)")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="carved from train/ when val/ is missing")
+    max_bad_fraction: float = Field(0.01, ge=0, le=1, description="unreadable images above this fraction "
+                                                                 "of a split fail the step")
+    synthetic: SyntheticDefaults = SyntheticDefaults()
+
+    @model_validator(mode="after")
+    def _positive_is_a_class(self) -> "DataDefaults":
+        if self.positive_class is not None and self.positive_class not in self.classes:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of classes {self.classes}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes repeat a name: {self.classes}")
+        return self
 
 
 class ModelDefaults(Strict):
     arch: str = "resnet50"
-    weights: str = "imagenet"
+    weights: str = Field("imagenet", description="imagenet (error when unavailable), auto (imagenet when "
+                                                 "cached or downloadable, else random init, said in the "
+                                                 "result), none, or a path to a .pth state_dict")
+    freeze_until: str | None = Field("layer3", description="freeze parameters up to and including this "
+                                                           "module (e.g. layer3); null trains everything")
 
 
 class ProjectDefaults(Strict):

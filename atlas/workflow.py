@@ -5,6 +5,7 @@ RunDisplay it is given.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -55,6 +56,34 @@ def _path_digest(root: Path, rel: str) -> str:
     return "missing"
 
 
+def _listing_digest(path: Path) -> str:
+    """A dataset folder by its listing (name, size, mtime), not its bytes: thousands of
+    X-rays are not re-read at every plan, yet an added or replaced image is noticed."""
+    if path.is_file():
+        st = path.stat()
+        return fingerprint([path.name, st.st_size, st.st_mtime_ns])
+    if not path.is_dir():
+        return "missing"
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            entries.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns))
+    return fingerprint(entries)
+
+
+def _project_inputs(project: Project, keys: tuple[str, ...]) -> dict[str, str]:
+    if not keys:
+        return {}
+    defaults = project.defaults.model_dump(mode="json")
+    found = {f"project:{key}": fingerprint(defaults.get(key)) for key in keys}
+    root = defaults.get("data", {}).get("root") if "data" in keys else None
+    if root:
+        found["data:" + root] = _listing_digest(project.root / root)
+    return found
+
+
 class History:
     """Last success / last attempt of each task and their artifacts. A snapshot (for
     `atlas plan`) reads everything in three queries; a live view (for `atlas run`, where
@@ -89,6 +118,7 @@ def step_facts(project: Project, history: History, probe: Probe, task: str) -> S
         inputs[name] = artifacts.input_digest(history.artifacts(last.id), output) if last else None
     for rel in step.handler.watched_paths(step.params):
         inputs[f"file:{rel}"] = _path_digest(project.root, rel)
+    inputs.update(_project_inputs(project, step.handler.project_keys))
     gpu = step.handler.gpu_env or "cuda" in step.requirements()
     comps = components(step.handler, step.params.model_dump(mode="json"), inputs,
                        probe.gpu_environment() if gpu else None)

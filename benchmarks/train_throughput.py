@@ -1,0 +1,137 @@
+"""ResNet-50 training throughput (images/s) through atlas's own training step.
+
+Two feeds: "tensors" (uint8 batches already on the GPU: the model alone) and "loader" (the
+synthetic X-ray PNG set through the same DataLoader + preprocessing the SCRIPTGPU step
+uses). Full fine-tuning (nothing frozen) is what NVIDIA's published figures measure; the
+project's default (frozen up to layer3) is measured as well.
+
+    python benchmarks/train_throughput.py --out benchmarks/results/train-throughput.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from handlers.ml.data import ImageFileDataset, scan_folder  # noqa: E402
+from handlers.ml.device import place  # noqa: E402
+from handlers.ml.models import build_model  # noqa: E402
+from handlers.ml.synthetic import ensure_synthetic  # noqa: E402
+from handlers.ml.training import TrainConfig, TrainStep, _loader, make_optimizer  # noqa: E402
+
+CLASSES = ["NORMAL", "PNEUMONIA"]
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "host": platform.node(), "cpu_count": torch.get_num_threads(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sm=f"{p.major}.{p.minor}")
+    return info
+
+
+def make_step(freeze: str | None, placement, compile_model: bool):
+    torch.manual_seed(0)
+    built = build_model("resnet50", 2, weights="none", freeze=freeze)
+    model = built.model.to(placement.device, memory_format=torch.channels_last if placement.channels_last
+                           else torch.contiguous_format)
+    net = torch.compile(model) if compile_model else model
+    optimizer, _ = make_optimizer(model, TrainConfig(schedule="constant"), 1)
+    return TrainStep(net, optimizer, torch.nn.CrossEntropyLoss(), placement), built.trainable_params
+
+
+def timed(step, batches, warmup: int, iters: int, batch: int, device) -> dict:
+    it = iter(batches)
+    for _ in range(warmup):
+        step(*next(it))
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(iters):
+        step(*next(it))
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": iters * batch / seconds, "seconds": seconds, "iterations": iters}
+
+
+def tensor_batches(batch: int, size: int, device):
+    x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    while True:
+        yield x, y
+
+
+def loader_batches(loader):
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch) if hasattr(loader.sampler, "set_epoch") else None
+        loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--warmup", type=int, default=15)
+    ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"])
+    ap.add_argument("--images-per-class", type=int, default=1500)
+    ap.add_argument("--workers", default="auto")
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: this benchmark measures GPU training", file=sys.stderr)
+        return 2
+    placement = place("cuda", args.amp, True, args.workers)
+    runs = []
+    variants = [("full fine-tune", None, False), ("frozen to layer3 (project default)", "layer3", False)]
+    if args.compile:
+        variants.insert(1, ("full fine-tune, torch.compile", None, True))
+    for label, freeze, comp in variants:
+        step, trainable = make_step(freeze, placement, comp)
+        r = timed(step, tensor_batches(args.batch, args.size, placement.device), args.warmup, args.iters,
+                  args.batch, placement.device)
+        runs.append({"feed": "tensors on GPU", "model": label, "trainable_params": trainable, **r})
+        print(json.dumps(runs[-1]), flush=True)
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="atlas-bench-"))
+    started = time.perf_counter()
+    root = ensure_synthetic(data_dir, CLASSES, {"train": args.images_per_class, "val": 1, "test": 1},
+                            args.size, seed=0)
+    generated = time.perf_counter() - started
+    samples, _ = scan_folder(root, CLASSES, 0.1, 0)
+    dataset = ImageFileDataset(samples["train"], args.size, train=True, seed=0)
+    sampler = torch.utils.data.RandomSampler(dataset)
+    loader = _loader(dataset, args.batch, placement, sampler=sampler)
+    for label, freeze, comp in variants[:1] + variants[-1:]:
+        step, trainable = make_step(freeze, placement, comp)
+        r = timed(step, loader_batches(loader), args.warmup, args.iters, args.batch, placement.device)
+        runs.append({"feed": f"DataLoader, {placement.workers} workers, PNG decode", "model": label,
+                     "trainable_params": trainable, **r})
+        print(json.dumps(runs[-1]), flush=True)
+    result = {"benchmark": "ResNet-50 training throughput", "machine": machine(),
+              "settings": {"batch": args.batch, "image_size": args.size, "amp": args.amp, "channels_last": True,
+                           "optimizer": "AdamW", "workers": placement.workers,
+                           "dataset": f"{len(dataset)} synthetic PNGs ({generated:.0f} s to generate)"},
+              "reference": "NVIDIA published ResNet-50 v1.5 training, A100 80GB, AMP: 2,470 img/s",
+              "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
