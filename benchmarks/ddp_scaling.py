@@ -26,9 +26,9 @@ def run(nproc: int, args, work: Path) -> dict:
                         "image_size": args.size, "val_fraction": 0.1, "max_bad_fraction": 0.01,
                         "synthetic": {"train": args.images_per_class, "val": 1, "test": 1, "seed": 0}},
                "model": {"arch": "resnet50", "weights": "none", "freeze_until": args.freeze}}
-    config = {"mode": "throughput", "params": {"device": "cuda", "amp": args.amp, "channels_last": True,
+    config = {"mode": "throughput", "params": {"device": args.device, "amp": args.amp, "channels_last": "auto",
                                                "workers": args.workers},
-              "project": project, "project_root": str(work), "backend": "nccl", "sync_bn": False,
+              "project": project, "project_root": str(work), "backend": "auto", "sync_bn": False,
               "events": str(work / f"events-{nproc}.jsonl"), "result": str(work / f"result-{nproc}.json"),
               "checkpoint": str(work / "unused.pt"), "per_process_batch": args.batch,
               "steps": args.steps, "warmup_steps": args.warmup}
@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="per process")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--amp", default="bf16")
+    ap.add_argument("--device", default="cuda", help="cpu only to try the script out")
     ap.add_argument("--freeze", default=None, help="freeze_until (default: full fine-tune)")
     ap.add_argument("--workers", default="auto")
     ap.add_argument("--steps", type=int, default=40)

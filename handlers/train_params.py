@@ -27,6 +27,9 @@ class TrainParams(Params):
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     focal_gamma: float = Field(2.0, ge=0)
     class_weighted: bool = Field(True, description="inverse-frequency class weights in the loss")
+    freeze_bn: bool = Field(False, description="BatchNorm layers keep their running statistics while training "
+                                               "(usual for fine-tuning with small per-GPU batches; makes DDP "
+                                               "match one process exactly)")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto = bf16 (fp16 where unsupported) on GPUs, off on CPUs")
     channels_last: Literal["auto"] | bool = "auto"
     workers: Literal["auto"] | int = Field("auto", description="DataLoader workers per process")

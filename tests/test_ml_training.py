@@ -72,3 +72,16 @@ def test_a_set_it_can_only_memorise_stops_early_and_keeps_the_best_epoch(tmp_pat
     assert any(f.startswith("early stopping after epoch") for f in run.findings)
     saved = torch.load(tmp_path / "model.pt", weights_only=True)
     assert saved["meta"]["epoch"] == fit.best_epoch < len(fit.history)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_training_uses_amp_channels_last_and_pinned_memory(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    params = TrainParams(epochs=6, batch_size=16, lr=2e-3, patience=6, workers=2)
+    run = run_training(params, tiny_project(), tmp_path, tmp_path / "model.pt", Recorder())
+    p = run.placement
+    assert p.is_cuda and p.channels_last and p.pin_memory
+    assert p.amp_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert "no CUDA device" not in " ".join(run.findings)
+    assert run.fit.test["auc"] > 0.8, rows(run.fit.history, "train_loss", "val_loss", "val_auc")

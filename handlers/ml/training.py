@@ -43,6 +43,7 @@ class TrainConfig:
     loss: str = "cross_entropy"     # cross_entropy | focal
     focal_gamma: float = 2.0
     class_weighted: bool = True
+    freeze_bn: bool = False
     seed: int = 0
     eval_batch_size: int = 64
     max_steps_per_epoch: int | None = None
@@ -118,7 +119,7 @@ class TrainStep:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.placement, self.scheduler = placement, scheduler
         # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and doesn't
-        self.scaler = torch.amp.GradScaler(enabled=placement.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.amp_dtype == torch.float16)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         p = self.placement
@@ -233,6 +234,10 @@ def fit(model: nn.Module, datasets: dict[str, Dataset], num_classes: int, positi
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         net.train()
+        if cfg.freeze_bn:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         loss_sum = torch.zeros((), device=placement.device)
         seen, started = 0, time.perf_counter()
         with reporter.progress(steps, f"epoch {epoch}/{cfg.epochs}") as bar:
@@ -243,14 +248,17 @@ def fit(model: nn.Module, datasets: dict[str, Dataset], num_classes: int, positi
                 seen += len(labels)
                 # reading the loss syncs the GPU: only now and then, for the bar
                 bar.advance(1, **({"loss": f"{float(loss_sum) / seen:.4f}"} if i % 20 == 0 else {}))
-        train_loss = float(loss_sum) / max(1, seen)    # one sync per epoch, not per step
+        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=placement.device)])
+        if dist.world > 1:      # every rank's share, so rank 0 reports the whole epoch
+            torch.distributed.all_reduce(totals)
+        train_loss = float(totals[0] / totals[1].clamp_min(1))    # one sync per epoch, not per step
         if placement.is_cuda:
             torch.cuda.synchronize(placement.device)
         seconds = time.perf_counter() - started
         stop = torch.zeros(1, device=placement.device)
         if dist.is_main:
             _end_of_epoch(model, val_loader, loss_fn, placement, positive, cfg, epoch,
-                                     train_loss, seconds, seen * dist.world, optimizer, result,
+                                     train_loss, seconds, int(totals[1]), optimizer, result,
                                      checkpoint, meta, reporter)
             bad_epochs = 0 if result.best_epoch == epoch else bad_epochs + 1
             stop[0] = float(bad_epochs >= cfg.patience and epoch < cfg.epochs)
