@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/atlas-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
-{ date -u +%FT%TZ; nvidia-smi; } > "$OUT/machine.txt" 2>&1
+{ date -u +%FT%TZ; nvidia-smi; lscpu | head -20; } > "$OUT/machine.txt" 2>&1
 timeout 330 python3 benchmarks/train_throughput.py --compile --out "$OUT/train-throughput.json" \
   > "$OUT/throughput.log" 2>&1; echo "throughput exit $?" >> "$OUT/throughput.log"
 {
