@@ -58,6 +58,8 @@ class DistributedParams(TrainParams):
     warmup_steps: int = Field(5, ge=0)
     per_process_batch: int | None = Field(None, ge=1, description="batch per process for the scaling "
                                                                  "measurement; default batch_size")
+    scaling_feed: Literal["cached", "loader"] = Field("cached", description="cached: real batches kept on the "
+                                                      "device (model + all-reduce); loader: decoding files too")
 
     @model_validator(mode="after")
     def _node_rank_in_range(self) -> "DistributedParams":

@@ -23,7 +23,7 @@ def _config(ctx: Context, params: DistributedParams, mode: str, name: str, rdzv_
             "sync_bn": params.sync_bn, "events": str(work / f"{name}.events.jsonl"),
             "result": str(work / f"{name}.result.json"), "checkpoint": str(ctx.output("model.pt")),
             "per_process_batch": params.per_process_batch or params.batch_size,
-            "steps": params.throughput_steps, "warmup_steps": params.warmup_steps}
+            "steps": params.throughput_steps, "warmup_steps": params.warmup_steps, "feed": params.scaling_feed}
 
 
 def _read_result(config: dict) -> dict:
@@ -82,8 +82,8 @@ def _finish(ctx: Context, params: DistributedParams, runs, world: int, on_gpu: b
         ctx.metric("ddp_images_per_s_1", one["images_per_s"], "img/s")
         ctx.metric(f"ddp_images_per_s_{world}", many["images_per_s"], "img/s")
         ctx.metric("scaling_efficiency", 100 * efficiency, "%")
-        message += (f": {one['images_per_s']:.0f} img/s at 1 process, {many['images_per_s']:.0f} at {world}, "
-                    f"scaling efficiency {100 * efficiency:.0f}%")
+        message += (f": {one['images_per_s']:.0f} img/s at 1 process, {many['images_per_s']:.0f} at {world} "
+                    f"({params.scaling_feed} batches), scaling efficiency {100 * efficiency:.0f}%")
         if not on_gpu:
             findings.append(CPU_SCALING_NOTE)
     ctx.write_json("scaling.json", scaling)

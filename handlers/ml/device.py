@@ -77,8 +77,12 @@ def place(device: str = "auto", amp: str = "auto", channels_last: str | bool = "
         torch.backends.cudnn.allow_tf32 = True
     else:
         dev = torch.device("cpu")
-    return Placement(dev, _amp_dtype(dev, amp), _channels_last(dev, channels_last),
-                     auto_workers(use_cuda, processes_per_node) if workers == "auto" else int(workers),
+    n_workers = auto_workers(use_cuda, processes_per_node) if workers == "auto" else int(workers)
+    if use_cuda and n_workers:
+        # the GPU does the math; the main process only launches kernels and collates. Its
+        # default of one OpenMP thread per core would fight the decoding workers for the CPU.
+        torch.set_num_threads(max(1, cpu_count() // max(1, processes_per_node) - n_workers))
+    return Placement(dev, _amp_dtype(dev, amp), _channels_last(dev, channels_last), n_workers,
                      pin_memory=use_cuda, note=note)
 
 
