@@ -115,7 +115,7 @@ def main() -> int:
     samples, _ = scan_folder(root, CLASSES, 0.1, 0)
     dataset = ImageFileDataset(samples["train"], args.size, train=True, seed=0)
     sampler = torch.utils.data.RandomSampler(dataset)
-    loader = _loader(dataset, args.batch, placement, sampler=sampler)
+    loader = _loader(dataset, args.batch, placement, sampler=sampler, drop_last=True)
     for label, freeze, comp in variants:
         step, trainable = make_step(freeze, placement, comp)
         r = timed(step, loader_batches(loader), args.warmup, args.iters, args.batch, placement.device)

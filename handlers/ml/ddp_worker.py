@@ -90,7 +90,9 @@ def measure_throughput(cfg: dict, params: TrainParams, run_dist: Dist, placement
     train = data.datasets["train"]
     sampler = DistributedSampler(train, num_replicas=run_dist.world, rank=run_dist.rank, shuffle=True,
                                  seed=params.seed)
-    loader = _loader(train, per_process, placement, sampler=sampler)
+    # whole batches only: a short last batch is a new shape, and cuDNN autotuning it inside
+    # the timed window would be counted as slowness
+    loader = _loader(train, per_process, placement, sampler=sampler, drop_last=True)
     model = model.to(placement.device, memory_format=torch.channels_last if placement.channels_last
                      else torch.contiguous_format)
     net = DistributedDataParallel(model, device_ids=[placement.device.index] if placement.is_cuda else None)

@@ -99,10 +99,11 @@ class FitResult:
         return asdict(self)
 
 
-def _loader(dataset: Dataset, batch: int, placement: Placement, sampler=None, shuffle=False) -> DataLoader:
+def _loader(dataset: Dataset, batch: int, placement: Placement, sampler=None, shuffle=False,
+            drop_last: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch, sampler=sampler, shuffle=shuffle and sampler is None,
                       num_workers=placement.workers, pin_memory=placement.pin_memory,
-                      persistent_workers=placement.workers > 0, drop_last=False,
+                      persistent_workers=placement.workers > 0, drop_last=drop_last,
                       prefetch_factor=4 if placement.workers > 0 else None)
 
 
