@@ -64,9 +64,10 @@ def _fetch_imagenet(arch: str, log) -> Path:
     except Exception as exc:  # URLError, timeouts, HTTP errors: all mean "not available here"
         raise ModelError(
             f"ImageNet weights for {arch} are not in the cache and could not be downloaded ({exc})",
-            f"download {url} on a machine with internet access and put it at {path} "
-            f"(or set TORCH_HOME), or set model.weights: none in tasks/project.yaml to train "
-            f"from random initialisation") from exc
+            f"on a machine with internet access, download torchvision's file {os.path.basename(url)} (its "
+            f"address: python -c 'import torchvision; print(torchvision.models.get_model_weights"
+            f"(\"{arch}\").DEFAULT.url)') and put it at {path} (or set TORCH_HOME), or set "
+            f"model.weights: none in tasks/project.yaml to train from random initialisation") from exc
     finally:
         socket.setdefaulttimeout(previous)
     return path
