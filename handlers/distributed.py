@@ -164,7 +164,7 @@ class Distributed(Handler):
     outputs = ("model.pt", "training.json", "scaling.json", "launch.md")
     requires = ("torch",)
     gpu_env = True
-    code_modules = ("handlers.ml", "handlers.train_params")
+    code_modules = ("handlers.ml", "handlers.train_params", "handlers.distributed_run")
     project_keys = ("data", "model")
 
     def run(self, ctx: Context) -> Result:

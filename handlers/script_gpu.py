@@ -24,11 +24,8 @@ class ScriptGpuParams(TrainParams):
 
 def training_errors() -> tuple[type[Exception], ...]:
     """The errors of the ML code that are the user's to fix (a message and a hint)."""
-    from handlers.ml.data import DataError
-    from handlers.ml.device import DeviceError
-    from handlers.ml.models import ModelError
-    from handlers.ml.training import TrainingError
-    return DataError, DeviceError, ModelError, TrainingError
+    from handlers.ml.errors import MLError
+    return (MLError,)
 
 
 def audit_scripts(ctx: Context, folder_name: str) -> tuple[str, list[str]]:
@@ -66,7 +63,8 @@ class ScriptGpu(Handler):
     outputs = ("model.pt", "training.json", "audit/")
     requires = ("torch",)
     gpu_env = True
-    code_modules = ("handlers.ml", "handlers.script_audit", "handlers.train_params")
+    code_modules = ("handlers.ml", "handlers.script_audit", "handlers.script_audit_rules",
+                    "handlers.script_audit_cst", "handlers.train_params")
     project_keys = ("data", "model")
 
     @classmethod

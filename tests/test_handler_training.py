@@ -15,7 +15,7 @@ pytest.importorskip("torchvision")
 from atlas.registry import Registry  # noqa: E402
 from handlers.prototype import Prototype  # noqa: E402
 from handlers.script_gpu import ScriptGpu  # noqa: E402
-from helpers import atlas, run_json, task, write_task  # noqa: E402
+from helpers import atlas, task, write_task  # noqa: E402
 
 REGISTRY = Registry.from_classes(ScriptGpu, Prototype)
 SCRIPTGPU, PROTOTYPE = "AG-DS-SCRIPTGPU-001", "AG-DS-PROTOTYPE-001"

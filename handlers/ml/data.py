@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from handlers.ml.synthetic import ensure_synthetic
+from handlers.ml.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,13 +32,6 @@ MAX_LISTED = 20
 _NO_PROGRESS = contextlib.nullcontext(SimpleNamespace(advance=lambda n=1, **fields: None))
 
 
-class DataError(Exception):
-    """A data problem the user fixes: a message and a hint naming the path and the fix."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 # ---------------------------------------------------------------- folder layout

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from handlers.ml.errors import DeviceError
 
-class DeviceError(Exception):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message, self.hint = message, hint
+
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,13 @@ import torch
 import torchvision
 from torch import nn
 
+from handlers.ml.errors import ModelError
+
 # Architectures offered by name; any torchvision classification model also works.
 KNOWN_ARCHS = ("resnet50", "resnet18", "densenet121", "efficientnet_b0", "convnext_tiny")
 DOWNLOAD_TIMEOUT_S = 60
 
 
-class ModelError(Exception):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message, self.hint = message, hint
 
 
 @dataclass(frozen=True)

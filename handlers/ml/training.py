@@ -22,12 +22,9 @@ from handlers.ml.data import preprocess_batch
 from handlers.ml.device import Placement
 from handlers.ml.losses import class_weights, make_loss
 from handlers.ml.metrics import classification_metrics, confusion_matrix
+from handlers.ml.errors import TrainingError
 
 
-class TrainingError(Exception):
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message, self.hint = message, hint
 
 
 @dataclass

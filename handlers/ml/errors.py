@@ -1,0 +1,24 @@
+"""Problems of the ML steps that the user fixes: a message and a hint, never a traceback."""
+from __future__ import annotations
+
+
+class MLError(Exception):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+class DataError(MLError):
+    """A data problem: the hint names the path and the fix."""
+
+
+class DeviceError(MLError):
+    """The asked-for device or precision is not available here."""
+
+
+class ModelError(MLError):
+    """Unknown architecture, weights that cannot be found or do not fit, a bad freeze block."""
+
+
+class TrainingError(MLError):
+    """Training produced nothing worth keeping (e.g. a loss that was never finite)."""
