@@ -41,7 +41,8 @@ def comparison_markdown(rows: list[dict], synthetic: bool, subset: int | None, l
     head = "| model | arch | weights | trainable params | best epoch | " + " | ".join(ROWS) + " | img/s |"
     lines = ["# Prototype vs baseline", "",
              f"Same images for both ({'SYNTHETIC DATA, ' if synthetic else ''}"
-             f"{f'{subset} per class' if subset else 'all'} in train/val, full test split); loss: {loss}.", "",
+             f"{f'{subset} per class' if subset else 'all'} in train/val, full test split); loss: prototype {loss}, "
+             f"baseline class-weighted cross_entropy (as the project trains it).", "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         scores = " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else "-" for k in ROWS)
