@@ -26,7 +26,7 @@ from handlers.ml.data import ImageFileDataset, scan_folder  # noqa: E402
 from handlers.ml.device import place  # noqa: E402
 from handlers.ml.models import build_model  # noqa: E402
 from handlers.ml.synthetic import ensure_synthetic  # noqa: E402
-from handlers.ml.training import TrainConfig, TrainStep, _loader, make_optimizer  # noqa: E402
+from handlers.ml.training import TrainConfig, TrainStep, _loader, make_optimizer, to_placement  # noqa: E402
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
@@ -44,8 +44,7 @@ def machine() -> dict:
 def make_step(freeze: str | None, placement, compile_model: bool):
     torch.manual_seed(0)
     built = build_model("resnet50", 2, weights="none", freeze=freeze)
-    model = built.model.to(placement.device, memory_format=torch.channels_last if placement.channels_last
-                           else torch.contiguous_format)
+    model = to_placement(built.model, placement)
     net = torch.compile(model) if compile_model else model
     optimizer, _ = make_optimizer(model, TrainConfig(schedule="constant"), 1)
     return TrainStep(net, optimizer, torch.nn.CrossEntropyLoss(), placement), built.trainable_params

@@ -146,7 +146,7 @@ def launch(ctx: Context, cmd: list[str], events: Path, env: dict) -> int:
     return proc.returncode
 
 
-def process_count(params: DistributedParams, ctx: Context) -> tuple[int, bool]:
+def process_count(params: DistributedParams) -> tuple[int, bool]:
     """(processes per node, on GPUs?)."""
     import torch
     gpus = torch.cuda.device_count() if params.device != "cpu" else 0

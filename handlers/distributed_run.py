@@ -35,7 +35,7 @@ def run_distributed(handler: Handler, ctx: Context) -> Result:
     params: DistributedParams = ctx.params
     from handlers.ml.device import cpu_count
     try:
-        nproc, on_gpu = process_count(params, ctx)
+        nproc, on_gpu = process_count(params)
     except RuntimeError as exc:
         return Result.failed(str(exc), "run `atlas env` to see why, or set device: auto")
     world = nproc * params.nnodes

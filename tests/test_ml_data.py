@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import handlers.ml.data as data_module  # noqa: E402
 from handlers.ml.npz import CHESTMNIST_FINDINGS, load_npz  # noqa: E402
 from handlers.ml.data import (IMAGENET_MEAN, IMAGENET_STD, ArrayDataset,
                               DataError, ImageFileDataset, check_images, load_image,
@@ -190,6 +191,22 @@ def test_prepare_data_skips_bad_below_threshold(tmp_path, caplog):
         assert str(p) in caplog.text
     assert prepared.source == f"image folder {root}" and not prepared.synthetic
 
+
+
+def test_prepare_data_with_known_bad_drops_them_without_decoding_again(tmp_path, monkeypatch):
+    """DDP ranks after rank 0 take its check result: same list, no second decode."""
+    root = make_folder(tmp_path / "xr")
+    bad = _corrupt(root / "train" / "PNEUMONIA")
+    first = prepare_data(_data(root, max_bad_fraction=0.25), tmp_path, tmp_path / "cache", log=LOG)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("check_images ran again")
+    monkeypatch.setattr(data_module, "check_images", no_decoding)
+    again = prepare_data(_data(root, max_bad_fraction=0.25), tmp_path, tmp_path / "cache", log=LOG,
+                         known_bad=first.skipped)
+    assert again.skipped == first.skipped and len(again.skipped) == len(bad)
+    assert again.counts() == first.counts()
+    assert again.datasets["train"].paths == first.datasets["train"].paths
 
 # ---------------------------------------------------------------- MedMNIST .npz
 

@@ -309,10 +309,12 @@ def _read_config(data: dict) -> tuple[list[str], int, int]:
 
 def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progress=None,
                  workers: int = 0, subset_per_class: int | None = None, seed: int = 0,
-                 synthetic_signal: bool = True) -> PreparedData:
+                 synthetic_signal: bool = True, known_bad: list[tuple[str, str]] | None = None) -> PreparedData:
     """Datasets for train/val/test from the project's `data` settings (see tasks/project.yaml).
 
-    subset_per_class caps train and val (never test) per class, for prototyping."""
+    subset_per_class caps train and val (never test) per class, for prototyping. known_bad
+    is another process's check result (DDP ranks after rank 0): those images are dropped
+    without decoding every image again."""
     classes, positive, size = _read_config(data)
     n = len(classes)
     if subset_per_class is not None and subset_per_class < 1:
@@ -351,7 +353,8 @@ def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progre
         samples, notes = scan_folder(root, classes, float(data.get("val_fraction", 0.1)), seed)
         samples = {s: cap(s, items, [k for _, k in items]) for s, items in samples.items()}
         if data.get("root") is not None:        # the synthetic set is ours: no need to check it
-            skipped = _drop_bad(samples, float(data.get("max_bad_fraction", 0.01)), workers, progress, log)
+            skipped = _drop_bad(samples, float(data.get("max_bad_fraction", 0.01)), workers, progress, log,
+                                known_bad)
         datasets = {s: ImageFileDataset(samples[s], size, s == "train", seed) for s in SPLITS}
     if subset_per_class is not None:
         notes.append(f"prototyping subset: at most {subset_per_class} images per class in train "
@@ -361,14 +364,15 @@ def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progre
     return PreparedData(classes, positive, datasets, source, data.get("root") is None, skipped, notes, root)
 
 
-def _drop_bad(samples, max_bad_fraction, workers, progress, log) -> list[tuple[str, str]]:
+def _drop_bad(samples, max_bad_fraction, workers, progress, log, known_bad=None) -> list[tuple[str, str]]:
     """Check every image (samples edited in place); fail a split whose unreadable share
     exceeds max_bad_fraction, else skip and name the bad ones."""
-    _, bad = check_images([s for split in SPLITS for s in samples[split]], workers, progress)
-    reasons = dict(bad)
+    if known_bad is None:
+        _, known_bad = check_images([s for split in SPLITS for s in samples[split]], workers, progress)
+    reasons = {str(p): r for p, r in known_bad}
     skipped: list[tuple[str, str]] = []
     for split in SPLITS:
-        split_bad = [(p, reasons[p]) for p, _ in samples[split] if p in reasons]
+        split_bad = [(p, reasons[str(p)]) for p, _ in samples[split] if str(p) in reasons]
         total = len(samples[split])
         if total and len(split_bad) / total > max_bad_fraction:
             listed = "\n".join(f"  {p}: {r}" for p, r in split_bad[:MAX_LISTED])
@@ -380,5 +384,5 @@ def _drop_bad(samples, max_bad_fraction, workers, progress, log) -> list[tuple[s
         for p, r in split_bad:
             log.warning("skipping unreadable image %s: %s", p, r)
             skipped.append((str(p), r))
-        samples[split] = [s for s in samples[split] if s[0] not in reasons]
+        samples[split] = [s for s in samples[split] if str(s[0]) not in reasons]
     return skipped

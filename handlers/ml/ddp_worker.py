@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from atlas.handler import Progress
 from handlers.ml.device import place
-from handlers.ml.training import Dist, Reporter, TrainConfig, TrainStep, make_optimizer, _loader
+from handlers.ml.training import Dist, Reporter, TrainConfig, TrainStep, _loader, make_optimizer, to_placement
 from handlers.train_params import TrainParams
 
 
@@ -39,24 +40,8 @@ class EventReporter(Reporter):
         self.emit({"type": "metric", "name": name, "value": value, "unit": unit, "step": step})
 
     def progress(self, total, description):
-        return _EventProgress(self, total, description)
-
-
-class _EventProgress:
-    def __init__(self, reporter: EventReporter, total, description: str) -> None:
-        self.r, self.total, self.description, self.done = reporter, total, description, 0.0
-        self.r.emit({"type": "progress", "description": description, "total": total, "done": 0.0})
-
-    def advance(self, n: float = 1, **fields) -> None:
-        self.done += n
-        self.r.emit({"type": "progress", "description": self.description, "total": self.total,
-                     "done": self.done, "fields": fields})
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.r.emit({"type": "progress_end", "description": self.description})
+        # atlas's own progress handle: the step replays these events with its task id
+        return Progress(self.emit, "", total, description)
 
 
 def backend_for(device: torch.device, requested: str) -> str:
@@ -93,8 +78,7 @@ def measure_throughput(cfg: dict, params: TrainParams, run_dist: Dist, placement
     # whole batches only: a short last batch is a new shape, and cuDNN autotuning it inside
     # the timed window would be counted as slowness
     loader = _loader(train, per_process, placement, sampler=sampler, drop_last=True)
-    model = model.to(placement.device, memory_format=torch.channels_last if placement.channels_last
-                     else torch.contiguous_format)
+    model = to_placement(model, placement)
     net = DistributedDataParallel(model, device_ids=[placement.device.index] if placement.is_cuda else None)
     optimizer, _ = make_optimizer(model, TrainConfig(lr=params.lr, schedule="constant"), 1)
     step = TrainStep(net, optimizer, torch.nn.CrossEntropyLoss(), placement)
@@ -161,14 +145,16 @@ def _run(cfg, params, run_dist: Dist, placement, backend: str, log) -> int:
     # other nodes may keep the project elsewhere (launch_other_nodes.sh sets this)
     project, root = cfg["project"], Path(os.environ.get("ATLAS_PROJECT_ROOT", cfg["project_root"]))
     reporter = EventReporter(Path(cfg["events"]), log) if run_dist.is_main else Reporter(log)
-    # rank 0 first: it may generate the synthetic set or check every image; the others
-    # then find the cache ready
-    if not run_dist.is_main:
-        dist.barrier()
-    data = load_data(params, project, root, reporter, placement)
+    # rank 0 first: it may generate the synthetic set and it decodes every image once; the
+    # others wait, then drop the same unreadable images, so every rank indexes the same list
+    shared = [None]
     if run_dist.is_main:
-        dist.barrier()
+        data = load_data(params, project, root, reporter, placement)
+        shared = [data.skipped]
         log.info("%d processes, backend %s, %s", run_dist.world, backend, placement.describe())
+    dist.broadcast_object_list(shared, src=0)
+    if not run_dist.is_main:
+        data = load_data(params, project, root, reporter, placement, known_bad=shared[0])
     if cfg["mode"] == "throughput":
         choice = params.model_choice(project)
         seed_everything(params.seed)

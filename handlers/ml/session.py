@@ -37,11 +37,12 @@ def cache_dir(project_root: Path) -> Path:
 
 
 def load_data(params: TrainParams, project: dict, project_root: Path, reporter: Reporter,
-              placement: Placement, synthetic_signal: bool = True) -> PreparedData:
+              placement: Placement, synthetic_signal: bool = True,
+              known_bad: list[tuple[str, str]] | None = None) -> PreparedData:
     return prepare_data(project["data"], project_root, cache_dir(project_root), log=reporter.log,
                         progress=reporter.progress, workers=max(1, placement.workers),
                         subset_per_class=params.subset_per_class, seed=params.seed,
-                        synthetic_signal=synthetic_signal)
+                        synthetic_signal=synthetic_signal, known_bad=known_bad)
 
 
 @dataclass

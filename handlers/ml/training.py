@@ -104,6 +104,12 @@ def _loader(dataset: Dataset, batch: int, placement: Placement, sampler=None, sh
                       prefetch_factor=4 if placement.workers > 0 else None)
 
 
+def to_placement(model: nn.Module, placement: Placement) -> nn.Module:
+    """The model on its device, in NHWC memory layout when channels_last is on."""
+    return model.to(placement.device, memory_format=torch.channels_last if placement.channels_last
+                    else torch.contiguous_format)
+
+
 def _autocast(placement: Placement):
     if placement.amp_dtype is None:
         return nullcontext()
@@ -212,8 +218,7 @@ def fit(model: nn.Module, datasets: dict[str, Dataset], num_classes: int, positi
     reporter, dist = reporter or Reporter(), dist or Dist()
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
-    model = model.to(placement.device, memory_format=torch.channels_last if placement.channels_last
-                     else torch.contiguous_format)
+    model = to_placement(model, placement)
     net = wrap(model) if wrap else model
     model = _unwrap(net)     # the wrapper may have replaced layers (SyncBatchNorm)
     train_set = datasets["train"]
