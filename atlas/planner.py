@@ -40,20 +40,22 @@ class Decision:
     hint: str = ""
 
 
-def missing_capability(requires: tuple[str, ...], capabilities: set[str]) -> str | None:
-    for cap in requires:
-        if cap not in capabilities:
-            return cap
-    return None
+def missing_capabilities(requires: tuple[str, ...], capabilities: set[str]) -> list[str]:
+    return [cap for cap in requires if cap not in capabilities]
+
+
+def capability_reason(missing: list[str]) -> tuple[str, str]:
+    """Every missing capability is named: fixing one should not reveal the next."""
+    pairs = [CAPABILITIES.get(cap, (f"needs {cap}", "")) for cap in missing]
+    return "; ".join(r for r, _ in pairs), "; ".join(h for _, h in pairs if h)
 
 
 def decide(node: Hashable, facts: StepFacts, upstream: Mapping[Hashable, str],
            capabilities: set[str], forced: bool = False) -> Decision:
     """One step's decision given its upstream outcomes (planned or real)."""
-    cap = missing_capability(facts.requires, capabilities)
-    if cap is not None:
-        reason, hint = CAPABILITIES.get(cap, (f"needs {cap}", ""))
-        return Decision("skip", reason, hint)
+    missing = missing_capabilities(facts.requires, capabilities)
+    if missing:
+        return Decision("skip", *capability_reason(missing))
     for dep, outcome in sorted(upstream.items(), key=lambda kv: str(kv[0])):
         if outcome in ("run", *DONE_OK) or dep in facts.optional:
             continue

@@ -22,6 +22,7 @@ CAPABILITIES: dict[str, tuple[str, str]] = {
     "multi_gpu": ("fewer than 2 CUDA devices", "run on a machine with 2 or more GPUs, or lower nproc_per_node"),
     "torch": ("PyTorch not installed", "pip install torch torchvision"),
     "torchvision": ("torchvision not installed", "pip install torch torchvision"),
+    "onnx": ("onnx not installed", "pip install onnx (or pip install 'atlas-runner[onnx]')"),
     "onnxruntime": ("ONNX Runtime not installed", "pip install onnxruntime (or onnxruntime-gpu)"),
     "tensorrt": ("TensorRT not installed", "pip install tensorrt (NVIDIA's wheels), or put trtexec on PATH"),
     "trtexec": ("trtexec not on PATH", "install TensorRT and add its bin/ folder to PATH"),
@@ -44,7 +45,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "pycuda": ("pycuda",),
     "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),
 }
-_CAPABILITY_PACKAGE = {"torch": "torch", "torchvision": "torchvision", "onnxruntime": "onnxruntime",
+_CAPABILITY_PACKAGE = {"torch": "torch", "torchvision": "torchvision", "onnx": "onnx", "onnxruntime": "onnxruntime",
                        "tensorrt": "tensorrt", "dali": "nvidia.dali", "cupy": "cupy", "pycuda": "pycuda",
                        "tensorflow": "tensorflow"}
 CUDNN_DISTS = ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11")

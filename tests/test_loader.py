@@ -316,7 +316,7 @@ def test_unknown_capability_in_requires(tmp_path):
     text = manifest(A, extra="requires: [cuda, quantum]\n")
     assert only_problem(tmp_path, {fa(A): text}) == (
         "tasks/AG-DS-A-001.yaml:6:18: Input should be 'cuda', 'multi_gpu', 'torch', 'torchvision', "
-        "'onnxruntime', 'tensorrt', 'trtexec', 'dali', 'cupy', 'pycuda', 'tensorflow' or 'nvcc' "
+        "'onnx', 'onnxruntime', 'tensorrt', 'trtexec', 'dali', 'cupy', 'pycuda', 'tensorflow' or 'nvcc' "
         "(got 'quantum') [requires[1]]")
 
 

@@ -129,6 +129,12 @@ def test_unknown_capability_names_it():
     assert (d.action, d.reason) == ("skip", "needs quantum")
 
 
+def test_every_missing_capability_is_named():
+    d = decide(1, never(requires=("cuda", "tensorrt")), {}, set())
+    assert d.reason == "no CUDA device; TensorRT not installed"
+    assert d.hint == f"{CAPABILITIES['cuda'][1]}; {CAPABILITIES['tensorrt'][1]}"
+
+
 def test_capabilities_present_do_not_skip():
     d = decide(1, never(requires=("cuda", "tensorrt")), {}, {"cuda", "tensorrt"})
     assert d.action == "run"

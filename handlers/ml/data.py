@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from handlers.ml.synthetic import ensure_synthetic
 from handlers.ml.errors import DataError
+from handlers.ml.imagecheck import check_one
+from handlers.ml.synthetic import ensure_synthetic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -112,16 +113,6 @@ def _carve(train, classes, fraction, seed):
 
 # ---------------------------------------------------------------- decoding and checking
 
-def _check_one(path: Path) -> str | None:
-    """None when the image decodes fully, else the reason (truncated files raise here)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except Exception as e:  # any decoder failure is a bad file, whatever its type
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
 def check_images(samples: list[tuple[Path, int]], workers: int,
                  progress: Callable[[int, str], Any] | None = None,
                  ) -> tuple[list[tuple[Path, int]], list[tuple[Path, str]]]:
@@ -132,12 +123,13 @@ def check_images(samples: list[tuple[Path, int]], workers: int,
     pool = None
     with (progress(len(paths), "checking images") if progress else _NO_PROGRESS) as bar:
         if workers <= 1 or len(paths) < 2:
-            results = map(_check_one, paths)
+            results = map(check_one, paths)
         else:
-            # fork: the children need only PIL, and spawn would re-import torch in each.
-            fork = "fork" in multiprocessing.get_all_start_methods()
-            pool = multiprocessing.get_context("fork" if fork else None).Pool(workers)
-            results = pool.imap(_check_one, paths, chunksize=max(1, min(64, len(paths) // (4 * workers))))
+            # spawn, not fork: forking a process whose torch/ONNX Runtime thread pools are
+            # running can deadlock the child on a lock held by a thread that was not copied.
+            # The children import only imagecheck (PIL), so starting them is cheap.
+            pool = multiprocessing.get_context("spawn").Pool(workers)
+            results = pool.imap(check_one, paths, chunksize=max(1, min(64, len(paths) // (4 * workers))))
         try:
             reported = 0
             for reason in results:

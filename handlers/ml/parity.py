@@ -1,0 +1,45 @@
+"""How closely two backends' outputs agree: the ONNX export against PyTorch, and every
+optimised model against the FP32 reference."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from handlers.ml.arrays import softmax
+
+
+@dataclass
+class Agreement:
+    n: int
+    max_abs_diff: float          # on logits
+    mean_abs_diff: float
+    max_prob_diff: float         # on softmax probabilities
+    top1_agreement: float        # share of images with the same predicted class
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def describe(self) -> str:
+        return (f"max |Δlogit| {self.max_abs_diff:.2e}, top-1 agreement {self.top1_agreement:.2%} "
+                f"on {self.n} images")
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
+    if reference.shape != candidate.shape:
+        raise ValueError(f"output shapes differ: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    prob_diff = np.abs(softmax(reference) - softmax(candidate))
+    same = reference.argmax(axis=1) == candidate.argmax(axis=1)
+    return Agreement(len(reference), float(diff.max()), float(diff.mean()), float(prob_diff.max()),
+                     float(same.mean()))
+
+
+def parity_failure(agreement: Agreement, atol: float, min_agreement: float) -> str | None:
+    """Why the candidate fails parity, or None."""
+    problems = []
+    if not np.isfinite(agreement.max_abs_diff) or agreement.max_abs_diff > atol:
+        problems.append(f"max |Δlogit| {agreement.max_abs_diff:.3e} exceeds {atol:g}")
+    if agreement.top1_agreement < min_agreement:
+        problems.append(f"top-1 agreement {agreement.top1_agreement:.2%} is below {min_agreement:.2%}")
+    return "; ".join(problems) or None

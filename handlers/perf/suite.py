@@ -1,0 +1,49 @@
+"""The backends AG-DS-TRTTEST-001 compares, built from the chain's artifacts; each one that
+cannot exist here becomes an entry with its reason instead of a gap in the table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+TORCH_MODES = {"pytorch-eager-fp32": "eager-fp32", "pytorch-fp16-channels-last": "fp16-channels-last",
+               "torch-compile": "compile"}
+
+
+def _missing(name: str, reason: str, hint: str = "") -> dict:
+    return {"backend": name, "reason": reason, "hint": hint}
+
+
+def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx_int8: Path,
+                  engines_dir: Path | None,
+                  engine_unavailable: Callable[[Path | None], tuple[str, str] | None]) -> tuple[list, list[dict]]:
+    from handlers.perf.backends import OrtBackend, TorchBackend, TrtBackend
+    from handlers.perf.harness import Unavailable
+
+    backends, unavailable = [], []
+
+    def add(name: str, build: Callable[[], object]) -> None:
+        try:
+            backends.append(build())
+        except Unavailable as exc:
+            unavailable.append(_missing(name, exc.reason, exc.hint))
+        except ImportError as exc:
+            unavailable.append(_missing(name, f"{exc.name or exc} not installed", "pip install 'atlas-runner[ml]'"))
+
+    for name in names:
+        if name in TORCH_MODES:
+            add(name, lambda name=name: TorchBackend(model, device, TORCH_MODES[name]))
+        elif name == "onnxruntime-fp32":
+            add(name, lambda: OrtBackend(onnx_fp32, "onnxruntime-fp32", "fp32"))
+        elif name == "onnxruntime-int8":
+            add(name, lambda: OrtBackend(onnx_int8, "onnxruntime-int8", "int8"))
+        elif name == "tensorrt":
+            why = engine_unavailable(engines_dir)
+            if why is not None:
+                unavailable.append(_missing("tensorrt", *why))
+                continue
+            from handlers.trt.record import find_engines
+            found, problems = find_engines(Path(engines_dir))
+            unavailable += [_missing("tensorrt", problem, "atlas run AG-DS-TRTENGINE-001 --force") for problem in problems]
+            for record, path in found:
+                add(f"tensorrt-{record.precision}", lambda path=path, record=record: TrtBackend(path, record.precision))
+    return backends, unavailable

@@ -1,0 +1,1 @@
+"""TensorRT engines: the optimisation profile and build settings, building (Python API or trtexec), loading."""
