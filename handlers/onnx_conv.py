@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from atlas.handler import Context, Handler, Params, Result
+from handlers.ml.errors import failures_for_user_errors
 
 
 class OnnxConvParams(Params):
@@ -31,13 +32,9 @@ class OnnxConv(Handler):
     code_modules = ("handlers.ml",)
     project_keys = ("data",)
 
+    @failures_for_user_errors
     def run(self, ctx: Context) -> Result:
-        params: OnnxConvParams = ctx.params
-        from handlers.ml.errors import MLError
-        try:
-            return self._convert(ctx, params)
-        except MLError as exc:
-            return Result.failed(exc.message, exc.hint)
+        return self._convert(ctx, ctx.params)
 
     def _convert(self, ctx: Context, params: OnnxConvParams) -> Result:
         import torch

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from atlas.handler import Context, Handler, Params, Result
+from handlers.ml.errors import failures_for_user_errors
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -50,12 +51,9 @@ class TrtEngine(Handler):
     gpu_env = True
     code_modules = ("handlers.trt",)
 
+    @failures_for_user_errors
     def run(self, ctx: Context) -> Result:
-        from handlers.trt.errors import TrtError
-        try:
-            return self._build_all(ctx, ctx.params)
-        except TrtError as exc:
-            return Result.failed(exc.message, exc.hint)
+        return self._build_all(ctx, ctx.params)
 
     def _build_all(self, ctx: Context, params: TrtEngineParams) -> Result:
         from handlers.trt.choose import choose_builder, detect

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from atlas.handler import Context, Handler, Params, Result
+from handlers.ml.errors import failures_for_user_errors
 
 Precision = Literal["fp32", "fp16", "int8"]
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8_qdq.onnx"}
@@ -79,12 +80,9 @@ class TrtProfile(Handler):
     code_modules = ("handlers.ml", "handlers.trt")
     project_keys = ("data",)
 
+    @failures_for_user_errors
     def run(self, ctx: Context) -> Result:
-        from handlers.ml.errors import MLError
-        try:
-            return self._profile(ctx, ctx.params)
-        except MLError as exc:
-            return Result.failed(exc.message, exc.hint)
+        return self._profile(ctx, ctx.params)
 
     def _profile(self, ctx: Context, params: TrtProfileParams) -> Result:
         from handlers.ml.arrays import load_eval_data, model_input, split_arrays

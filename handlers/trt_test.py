@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from atlas.handler import Context, Handler, Params, Result
+from handlers.ml.errors import failures_for_user_errors
 
 BackendName = Literal["pytorch-eager-fp32", "pytorch-fp16-channels-last", "torch-compile",
                       "onnxruntime-fp32", "onnxruntime-int8", "tensorrt"]
@@ -67,12 +68,9 @@ class TrtTest(Handler):
     code_modules = ("handlers.ml", "handlers.perf", "handlers.trt")
     project_keys = ("data",)
 
+    @failures_for_user_errors
     def run(self, ctx: Context) -> Result:
-        from handlers.ml.errors import MLError
-        try:
-            return self._benchmark(ctx, ctx.params)
-        except MLError as exc:
-            return Result.failed(exc.message, exc.hint)
+        return self._benchmark(ctx, ctx.params)
 
     def _benchmark(self, ctx: Context, params: TrtTestParams) -> Result:
         import numpy as np

@@ -1,6 +1,9 @@
 """Problems of the ML steps that the user fixes: a message and a hint, never a traceback."""
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 
 class MLError(Exception):
     def __init__(self, message: str, hint: str = "") -> None:
@@ -22,3 +25,16 @@ class ModelError(MLError):
 
 class TrainingError(MLError):
     """Training produced nothing worth keeping (e.g. a loss that was never finite)."""
+
+
+def failures_for_user_errors(run: Callable) -> Callable:
+    """Decorator for Handler.run: an MLError (the user's to fix) ends the step as failed with
+    its message and hint, instead of a traceback."""
+    @functools.wraps(run)
+    def wrapper(self, ctx):
+        try:
+            return run(self, ctx)
+        except MLError as exc:
+            from atlas.handler import Result
+            return Result.failed(exc.message, exc.hint)
+    return wrapper
