@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from atlas.atomic import write_atomically
 
 ResultStatus = Literal["succeeded", "failed", "skipped", "waiting"]
 
@@ -147,13 +147,7 @@ class Context:
 
     def write_text(self, name: str, text: str, executable: bool = False) -> Path:
         """Write an output atomically: a temporary name, then a rename."""
-        path = self.output(name)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755 if executable else 0o644)
-        os.replace(tmp, path)
-        return path
+        return write_atomically(self.output(name), text, 0o755 if executable else 0o644)
 
     def write_json(self, name: str, data: Any) -> Path:
         return self.write_text(name, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

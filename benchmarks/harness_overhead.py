@@ -11,25 +11,15 @@ The bare loop runs before and after the harness, so clock drift between them sho
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.train_throughput import machine  # noqa: E402
 from handlers.perf.backends import TORCH_MODES, TorchBackend, to_native  # noqa: E402
 from handlers.perf.harness import TimingSettings, measure, prepare  # noqa: E402
-
-
-def machine() -> dict:
-    import torch
-    props = torch.cuda.get_device_properties(0)
-    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1), "sm": f"{props.major}.{props.minor}",
-            "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "python": platform.python_version(), "host": platform.node(),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def bare_event_loop(module, x, warmup: int, iters: int) -> float:

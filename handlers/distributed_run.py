@@ -9,6 +9,7 @@ from pathlib import Path
 from atlas.handler import Context, Handler, Result
 from handlers.distributed import (DistributedParams, env_markdown, launch, other_nodes_script,
                                   process_count, torchrun_command)
+from handlers.ml.synthetic import synthetic_tag
 from handlers.train_params import TrainParams
 
 CPU_SCALING_NOTE = ("CPU processes share one machine's cores and memory bandwidth, so this efficiency "
@@ -89,5 +90,5 @@ def _finish(ctx: Context, params: DistributedParams, runs, world: int, on_gpu: b
     ctx.write_json("scaling.json", scaling)
     test = train.get("test", {})
     message += (f"; best epoch {train.get('best_epoch')}, test accuracy {test.get('accuracy', float('nan')):.3f}, "
-                f"AUC {test.get('auc', float('nan')):.3f}" + (" [SYNTHETIC DATA]" if train.get("synthetic") else ""))
+                f"AUC {test.get('auc', float('nan')):.3f}{synthetic_tag(bool(train.get('synthetic')))}")
     return Result.succeeded(message, findings)

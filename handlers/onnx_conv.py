@@ -45,6 +45,7 @@ class OnnxConv(Handler):
         from handlers.ml.onnx_export import export_onnx
         from handlers.ml.ort import open_session, run_logits
         from handlers.ml.parity import compare, parity_failure
+        from handlers.ml.synthetic import synthetic_tag
 
         checkpoint = ctx.inputs["checkpoint"]
         model, meta = load_checkpoint(checkpoint)
@@ -78,8 +79,7 @@ class OnnxConv(Handler):
             return Result.failed(f"ONNX parity failed: {failure}",
                                  "the ONNX model does not reproduce the PyTorch model; try exporter: "
                                  "torchscript or another opset, and see export.json")
-        tag = " [SYNTHETIC DATA]" if meta.get("synthetic") else ""
         return Result.succeeded(
             f"{meta['arch']} -> model.onnx (opset {info.opset}, {info.exporter} exporter, dynamic batch); "
-            f"{summary}{tag}",
+            f"{summary}{synthetic_tag(bool(meta.get('synthetic')))}",
             [f"ONNX metadata: classes {meta['classes']}, input {meta['image_size']}px, ImageNet mean/std"])

@@ -5,17 +5,18 @@ this module never needs it); this module walks the folder, collects the results 
 writes the report: report.md, report.json, changes.diff and patched/, a complete copy of
 the scripts with the fixes applied. Columns are 1-based, as in `file:line:col` elsewhere.
 """
+
 from __future__ import annotations
 
 import ast
 import difflib
 import json
-import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from atlas.atomic import write_atomically
 
 RULES = ("hardcoded-cuda", "model-not-moved", "tensor-not-moved", "dataloader-no-pin-memory",
          "dataloader-no-workers", "torch-load-no-map-location", "eval-without-no-grad",
@@ -124,15 +125,7 @@ def unified_diff(old: str, new: str, rel: str) -> str:
 
 def _write(path: Path, data: str | bytes) -> None:
     """A temporary name in the same folder, then a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data)
 
 
 def render_markdown(result: AuditResult, folder_label: str) -> str:

@@ -15,8 +15,11 @@ from pydantic import Field
 
 from atlas.handler import Context, Handler, Params, Result
 from handlers.ml.errors import failures_for_user_errors
+from handlers.trt_profile import ONNX_FILES
 
 Precision = Literal["fp32", "fp16", "int8"]
+# the manifest input that carries each precision's ONNX model
+ONNX_INPUTS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
 
 
 class TrtEngineParams(Params):
@@ -31,14 +34,6 @@ def timing_cache_path(project_root: Path, gpu: str, version: str) -> Path:
     """One cache per GPU model and TensorRT version: tactics timed on one do not fit another."""
     safe = "".join(c if c.isalnum() else "-" for c in f"{gpu}-{version}").strip("-").lower()
     return Path(project_root) / ".atlas" / "cache" / "tensorrt" / f"timing-{safe}.cache"
-
-
-def gpu_identity() -> tuple[str, str]:
-    import torch
-    if not torch.cuda.is_available():
-        return "unknown", "unknown"
-    major, minor = torch.cuda.get_device_capability(0)
-    return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
 class TrtEngine(Handler):
@@ -56,6 +51,7 @@ class TrtEngine(Handler):
         return self._build_all(ctx, ctx.params)
 
     def _build_all(self, ctx: Context, params: TrtEngineParams) -> Result:
+        from handlers.trt.builder import gpu_identity
         from handlers.trt.choose import choose_builder, detect
         from handlers.trt.profile import read_profile, settings_for
 
@@ -68,8 +64,7 @@ class TrtEngine(Handler):
         settings = settings_for(profile["tensorrt"], version)
         if params.workspace_gb is not None:
             settings = {**settings, "workspace_bytes": int(params.workspace_gb * (1 << 30))}
-        onnx_by_name = {"model.onnx": ctx.inputs["onnx"], "model_fp16.onnx": ctx.inputs["onnx_fp16"],
-                        "model_int8_qdq.onnx": ctx.inputs["onnx_int8"]}
+        onnx_by_name = {ONNX_FILES[precision]: ctx.inputs[key] for precision, key in ONNX_INPUTS.items()}
         gpu, capability = gpu_identity()
         cache = timing_cache_path(ctx.project_root, gpu, version)
         cache.parent.mkdir(parents=True, exist_ok=True)

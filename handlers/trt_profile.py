@@ -85,7 +85,7 @@ class TrtProfile(Handler):
         return self._profile(ctx, ctx.params)
 
     def _profile(self, ctx: Context, params: TrtProfileParams) -> Result:
-        from handlers.ml.arrays import load_eval_data, model_input, split_arrays
+        from handlers.ml.arrays import load_eval_data
         from handlers.ml.calibration import build_calibration, save_calibration
         from handlers.ml.quantize import inspect_qdq, quantize_int8, to_fp16
         from handlers.trt.profile import batch_profile, build_settings, write_profile
@@ -110,7 +110,7 @@ class TrtProfile(Handler):
             return Result.failed("the INT8 model is not in the form TensorRT needs: " + "; ".join(qdq.problems()),
                                  "see model_int8_qdq.onnx; try quantizer: onnxruntime")
 
-        results = self._evaluate(ctx, params, data, onnx_path, split_arrays, model_input)
+        results = self._evaluate(ctx, params, data, onnx_path)
         profile = batch_profile("input", 3, size, params.min_batch, params.opt_batch, params.max_batch)
         settings = build_settings(profile, dict(ONNX_FILES), params.workspace_gb, params.precisions)
         document = {
@@ -134,11 +134,10 @@ class TrtProfile(Handler):
                        + evaluation_table(results) + "\n")
         return self._result(params, meta, results, qdq, int8_tool)
 
-    def _evaluate(self, ctx, params, data, onnx_path, split_arrays, model_input) -> dict:
-        from handlers.ml.arrays import softmax
-        from handlers.ml.metrics import classification_metrics
+    def _evaluate(self, ctx, params, data, onnx_path) -> dict:
+        from handlers.ml.arrays import model_input, split_arrays
         from handlers.ml.ort import open_session, run_logits
-        from handlers.ml.parity import compare
+        from handlers.ml.parity import scores
 
         images, labels = split_arrays(data, "test", limit=params.eval_images)
         x = model_input(images)
@@ -150,12 +149,8 @@ class TrtProfile(Handler):
                 session, provider = open_session(path)
                 logits = run_logits(session, x)
                 reference = logits if reference is None else reference
-                agreement = compare(reference, logits)
-                scores = classification_metrics(labels, softmax(logits), data.positive)
                 results[precision] = {"model": path.name, "provider": provider, "images": int(len(labels)),
-                                      "accuracy": scores["accuracy"], "auc": scores["auc"], "f1": scores["f1"],
-                                      "agreement": agreement.top1_agreement,
-                                      "max_prob_diff": agreement.max_prob_diff}
+                                      **scores(labels, logits, data.positive, reference)}
                 for key in ("accuracy", "auc", "agreement"):
                     ctx.metric(f"{precision}_{key}", results[precision][key])
                 bar.advance(1)
@@ -177,7 +172,8 @@ class TrtProfile(Handler):
                 findings.append(f"{precision.upper()} predicts the same class as FP32 for {agreement:.1%} of the "
                                 f"test images (below {params.min_agreement:.0%}): its scores drift near the "
                                 "decision threshold; check its accuracy before deploying it")
-        tag = " [SYNTHETIC DATA]" if meta["synthetic"] else ""
+        from handlers.ml.synthetic import synthetic_tag
+        tag = synthetic_tag(meta["synthetic"])
         summary = ", ".join(f"{p.upper()} acc {r['accuracy']:.3f} AUC {r['auc']:.3f} agree {r['agreement']:.1%}"
                             for p, r in results.items())
         return Result.succeeded(

@@ -77,7 +77,7 @@ class TrtTest(Handler):
 
         from handlers.ml.arrays import load_eval_data, model_input, split_arrays
         from handlers.ml.models import load_checkpoint
-        from handlers.perf.harness import TimingSettings, predict_all, run_benchmark
+        from handlers.perf.harness import TimingSettings, run_benchmark
         from handlers.perf.suite import make_backends
 
         model, meta = load_checkpoint(ctx.inputs["checkpoint"])
@@ -101,7 +101,7 @@ class TrtTest(Handler):
                                    on_progress=lambda *a, **k: bar.advance(1))
         result.unavailable[:0] = unavailable
 
-        accuracy = self._accuracy(ctx, result, backends, x, labels, data.positive, predict_all)
+        accuracy = self._accuracy(ctx, result, backends, x, labels, data.positive)
         for m in result.measurements:
             h2d = "" if m.h2d is None else ("_h2d" if m.h2d else "_resident")
             ctx.metric(f"{m.backend}_bs{m.batch}{h2d}_img_s", m.throughput, "img/s")
@@ -115,10 +115,9 @@ class TrtTest(Handler):
         ctx.write_text("benchmark.md", markdown_report(result, accuracy, device, bool(meta.get("synthetic"))))
         return self._result(result, accuracy, device, meta)
 
-    def _accuracy(self, ctx, result, backends, x, labels, positive, predict_all) -> dict:
-        from handlers.ml.arrays import softmax
-        from handlers.ml.metrics import classification_metrics
-        from handlers.ml.parity import compare
+    def _accuracy(self, ctx, result, backends, x, labels, positive) -> dict:
+        from handlers.ml.parity import scores
+        from handlers.perf.harness import predict_all
         # absent or broken at set-up: their reason is already recorded, do not try again
         broken = ({f["backend"] for f in result.failures if f.get("batch") is None}
                   | {u["backend"] for u in result.unavailable})
@@ -135,20 +134,16 @@ class TrtTest(Handler):
         reference = logits.get(REFERENCE)
         accuracy = {}
         for name, out in logits.items():
-            scores = classification_metrics(labels, softmax(out), positive)
-            entry = {"accuracy": scores["accuracy"], "auc": scores["auc"], "f1": scores["f1"]}
-            if reference is not None:
-                agreement = compare(reference, out)
-                entry.update(agreement=agreement.top1_agreement, max_prob_diff=agreement.max_prob_diff)
-            accuracy[name] = entry
-            ctx.metric(f"{name}_accuracy", entry["accuracy"])
+            accuracy[name] = scores(labels, out, positive, reference)
+            ctx.metric(f"{name}_accuracy", accuracy[name]["accuracy"])
         return accuracy
 
     def _result(self, result, accuracy, device, meta) -> Result:
         from handlers.perf.report import summary_lines
         lines = summary_lines(result, accuracy)
         best = max(result.measurements, key=lambda m: m.throughput, default=None)
-        tag = " [SYNTHETIC DATA]" if meta.get("synthetic") else ""
+        from handlers.ml.synthetic import synthetic_tag
+        tag = synthetic_tag(bool(meta.get("synthetic")))
         head = (f"{len({m.backend for m in result.measurements})} backends on {device}; fastest "
                 f"{best.backend} {best.throughput:,.0f} img/s at batch {best.batch}" if best else
                 "no backend could run")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from atlas.handler import Context
-from handlers import trt_engine
 from handlers.trt.profile import batch_profile, build_settings, write_profile
 from handlers.trt.record import find_engines
 from handlers.trt_engine import TrtEngine, TrtEngineParams, timing_cache_path
@@ -57,7 +56,8 @@ def test_without_tensorrt_or_trtexec_the_step_is_skipped_with_the_hint(tmp_path,
 def test_trtexec_fallback_builds_each_precision_from_the_right_model(tmp_path, monkeypatch, version, expected):
     tool = logging_trtexec(tmp_path, version)
     monkeypatch.setattr("handlers.trt.choose.detect", lambda: (False, tool))
-    monkeypatch.setattr(trt_engine, "gpu_identity", lambda: ("NVIDIA H100 80GB HBM3", "9.0"))
+    monkeypatch.setattr("handlers.trt.builder.gpu_identity",    # as torch would report an H100
+                        lambda gpu=None, cc=None: (gpu or "NVIDIA H100 80GB HBM3", cc or "9.0"))
     result = TrtEngine().run(context(tmp_path, workspace_gb=2))
     assert result.status == "succeeded", (result.message, result.hint)
     assert "(trtexec) on NVIDIA H100 80GB HBM3 (sm 9.0)" in result.message

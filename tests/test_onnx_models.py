@@ -143,8 +143,8 @@ def test_int8_model_is_really_quantized_symmetric_and_per_channel(int8_model):
     assert weight.dtype == np.int8 and scale.shape == (weight.shape[0],)
 
 
-def test_int8_model_runs_and_tracks_fp32(exported, int8_model):
-    model, _, _ = exported
+def test_int8_model_runs_in_onnxruntime_at_any_batch(int8_model):
+    """How close INT8 stays to FP32 depends on a trained model: TRTPROFILE measures it."""
     x = inputs(16, seed=5)
     out = run_logits(open_session(int8_model[0])[0], x)
     assert out.shape == (16, 2) and np.isfinite(out).all()

@@ -377,11 +377,12 @@ def test_onnxruntime_cpu_matches_pytorch(tiny_model, tiny_images, tiny_onnx):
 
 def test_onnxruntime_missing_model_or_provider_is_unavailable(tmp_path, tiny_onnx):
     import onnxruntime as ort
-    from handlers.perf.backends import OrtBackend, choose_ort_provider
+    from handlers.ml.ort import choose_provider
+    from handlers.perf.backends import OrtBackend
     with pytest.raises(Unavailable, match="does not exist"):
         OrtBackend(tmp_path / "absent.onnx", "onnxruntime-int8", "int8")
-    assert choose_ort_provider(["CPUExecutionProvider"]) == "CPUExecutionProvider"
-    assert choose_ort_provider(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "CUDAExecutionProvider"
+    assert choose_provider(["CPUExecutionProvider"]) == "CPUExecutionProvider"
+    assert choose_provider(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "CUDAExecutionProvider"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(Unavailable, match="CUDAExecutionProvider") as caught:
             OrtBackend(tiny_onnx, "onnxruntime-fp32", "fp32", providers="cuda")

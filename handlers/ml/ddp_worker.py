@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from atlas.atomic import write_atomically
 from atlas.handler import Progress
 from handlers.ml.device import place
 from handlers.ml.training import Dist, Reporter, TrainConfig, TrainStep, _loader, make_optimizer, to_placement
@@ -134,9 +135,7 @@ def main(config_path: str) -> int:
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
+    write_atomically(Path(path), json.dumps(data, default=str))
 
 
 def _run(cfg, params, run_dist: Dist, placement, backend: str, log) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from handlers.ml.files import replaced_atomically
+from atlas.atomic import replaced_atomically
 from handlers.ml.errors import ModelError
 from handlers.ml.quiet import quiet_tools
 

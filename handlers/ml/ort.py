@@ -8,20 +8,25 @@ import numpy as np
 
 from handlers.ml.errors import ModelError
 
-PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def choose_provider(available: list[str], requested: str = "auto") -> str:
+    """CUDA when this onnxruntime build has it, else CPU ("auto"); or the one asked for
+    ("cuda", "cpu" or a provider's full name)."""
+    if requested == "auto":
+        return PROVIDERS["cuda"] if PROVIDERS["cuda"] in available else PROVIDERS["cpu"]
+    wanted = PROVIDERS.get(requested, requested)
+    if wanted not in available:
+        raise ModelError(f"ONNX Runtime provider {wanted} is not in this build (have {', '.join(available)})",
+                         "pip install onnxruntime-gpu for CUDA, or use provider: auto")
+    return wanted
 
 
 def open_session(path: Path, provider: str = "auto"):
-    """(session, provider name). `auto` takes CUDA when this onnxruntime build has it."""
+    """(session, provider name)."""
     import onnxruntime as ort
-    available = ort.get_available_providers()
-    if provider == "auto":
-        chosen = next(p for p in PREFERRED + tuple(available) if p in available)
-    elif provider in available:
-        chosen = provider
-    else:
-        raise ModelError(f"ONNX Runtime provider {provider} is not available (have {available})",
-                         "install onnxruntime-gpu for CUDA, or use provider: auto")
+    chosen = choose_provider(ort.get_available_providers(), provider)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = os.cpu_count() or 1

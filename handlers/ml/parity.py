@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from handlers.ml.arrays import softmax
+from handlers.ml.metrics import classification_metrics
 
 
 @dataclass
@@ -43,3 +44,14 @@ def parity_failure(agreement: Agreement, atol: float, min_agreement: float) -> s
     if agreement.top1_agreement < min_agreement:
         problems.append(f"top-1 agreement {agreement.top1_agreement:.2%} is below {min_agreement:.2%}")
     return "; ".join(problems) or None
+
+
+def scores(labels: np.ndarray, logits: np.ndarray, positive: int, reference: np.ndarray | None = None) -> dict:
+    """Accuracy, AUC and F1 of `logits` on the labels; with a reference model's logits, also
+    how often it predicts the same class and its largest probability difference."""
+    metrics = classification_metrics(labels, softmax(logits), positive)
+    entry = {"accuracy": metrics["accuracy"], "auc": metrics["auc"], "f1": metrics["f1"]}
+    if reference is not None:
+        agreement = compare(reference, logits)
+        entry.update(agreement=agreement.top1_agreement, max_prob_diff=agreement.max_prob_diff)
+    return entry

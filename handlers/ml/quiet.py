@@ -6,12 +6,12 @@ import contextlib
 import io
 import logging
 
-CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "onnxruntime", "root")
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "onnxruntime")
 
 
 @contextlib.contextmanager
 def quiet_tools(log: logging.Logger | None = None):
-    saved = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS[:-1]}
+    saved = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
     for name in saved:
         logging.getLogger(name).setLevel(logging.WARNING)
     buffer = io.StringIO()

@@ -15,10 +15,10 @@ from torch import nn
 from handlers.ml.data import IMAGENET_MEAN, IMAGENET_STD, PreparedData, prepare_data
 from handlers.ml.device import Placement, place
 from handlers.ml.models import BuiltModel, build_model
+from handlers.ml.synthetic import SYNTHETIC_LABEL, synthetic_tag
 from handlers.ml.training import Dist, FitResult, Reporter, TrainConfig, fit
 from handlers.train_params import TrainParams
 
-SYNTHETIC_LABEL = "SYNTHETIC DATA"
 
 
 def seed_everything(seed: int) -> None:
@@ -66,7 +66,7 @@ class TrainingRun:
 
     def headline(self) -> str:
         t = self.fit.test
-        tag = f" [{SYNTHETIC_LABEL}]" if self.data.synthetic else ""
+        tag = synthetic_tag(self.data.synthetic)
         return (f"{self.built.arch}: best epoch {self.fit.best_epoch}/{len(self.fit.history)}, test accuracy "
                 f"{t.get('accuracy', float('nan')):.3f}, AUC {t.get('auc', float('nan')):.3f}, "
                 f"F1 {t.get('f1', float('nan')):.3f}{tag}")

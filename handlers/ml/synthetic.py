@@ -27,6 +27,12 @@ from PIL import Image
 # Bump when the images change, so cached sets are rebuilt (the version enters the hash).
 GENERATOR_VERSION = 2
 META_NAME = "SYNTHETIC.json"
+SYNTHETIC_LABEL = "SYNTHETIC DATA"    # every result trained or scored on this set carries it
+
+
+def synthetic_tag(synthetic: bool) -> str:
+    """" [SYNTHETIC DATA]" for a step message about this set, else ""."""
+    return f" [{SYNTHETIC_LABEL}]" if synthetic else ""
 SIZE_RANGE = (0.9, 1.3)          # each side, times image_size: real data varies in size
 PATTERNS = ("patchy opacities", "diffuse haze", "reticular texture")
 ZONES = ("", "upper zones", "lower zones", "left lung", "right lung")

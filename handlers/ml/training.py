@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from atlas.atomic import replaced_atomically
 from handlers.ml.data import preprocess_batch
 from handlers.ml.device import Placement
 from handlers.ml.losses import class_weights, make_loss
@@ -200,9 +200,8 @@ def detect_overfitting(history: list[dict], tolerance: float = 0.0) -> str | Non
 def save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
     """state_dict + plain metadata (loadable with weights_only=True), written atomically."""
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -124,19 +124,6 @@ class TorchBackend(Backend):
         self.ready = False
 
 
-ORT_PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-
-
-def choose_ort_provider(available: list[str], providers: str = "auto") -> str:
-    """CUDA when this onnxruntime build has it, else CPU ("auto"), or the one asked for."""
-    if providers == "auto":
-        return ORT_PROVIDERS["cuda"] if ORT_PROVIDERS["cuda"] in available else ORT_PROVIDERS["cpu"]
-    wanted = ORT_PROVIDERS.get(providers, providers)
-    if wanted not in available:
-        raise LookupError(f"ONNX Runtime provider {wanted} is not in this build (have {', '.join(available)})")
-    return wanted
-
-
 class OrtBackend(Backend):
     """An ONNX model in ONNX Runtime. CPU provider: session.run on the staged array. CUDA
     provider: IOBinding to device OrtValues; ORT runs on a stream of its own and waits for it
@@ -144,13 +131,16 @@ class OrtBackend(Backend):
 
     def __init__(self, onnx_path: Path | str, name: str, precision: str, providers: str = "auto"):
         import onnxruntime as ort
+
+        from handlers.ml.errors import ModelError
+        from handlers.ml.ort import choose_provider
         self.path = Path(onnx_path)
         self.name = name
         self.precision = precision
         try:
-            self.provider = choose_ort_provider(ort.get_available_providers(), providers)
-        except LookupError as exc:
-            raise Unavailable(name, str(exc), "pip install onnxruntime-gpu for CUDA") from exc
+            self.provider = choose_provider(ort.get_available_providers(), providers)
+        except ModelError as exc:
+            raise Unavailable(name, exc.message, exc.hint) from exc
         if not self.path.is_file():
             raise Unavailable(name, f"{self.path} does not exist", "run the step that writes it")
         self._set_device(self.provider)
@@ -162,7 +152,8 @@ class OrtBackend(Backend):
         self._binding = None
 
     def _set_device(self, provider: str) -> None:
-        self.device = "cuda" if provider == ORT_PROVIDERS["cuda"] else "cpu"
+        from handlers.ml.ort import PROVIDERS
+        self.device = "cuda" if provider == PROVIDERS["cuda"] else "cpu"
         self.label = f"ONNX Runtime {self.precision.upper()} ({'CUDA' if self.device == 'cuda' else 'CPU'})"
 
     def setup(self) -> None:

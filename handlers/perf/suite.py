@@ -5,10 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-TORCH_MODES = {"pytorch-eager-fp32": "eager-fp32", "pytorch-fp16-channels-last": "fp16-channels-last",
-               "torch-compile": "compile"}
-
-
 def _missing(name: str, reason: str, hint: str = "") -> dict:
     return {"backend": name, "reason": reason, "hint": hint}
 
@@ -16,8 +12,10 @@ def _missing(name: str, reason: str, hint: str = "") -> dict:
 def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx_int8: Path,
                   engines_dir: Path | None,
                   engine_unavailable: Callable[[Path | None], tuple[str, str] | None]) -> tuple[list, list[dict]]:
-    from handlers.perf.backends import OrtBackend, TorchBackend, TrtBackend
+    from handlers.perf.backends import TORCH_MODES, OrtBackend, TorchBackend, TrtBackend
     from handlers.perf.harness import Unavailable
+
+    torch_mode = {name: mode for mode, (name, _, _) in TORCH_MODES.items()}
 
     backends, unavailable = [], []
 
@@ -30,8 +28,8 @@ def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx
             unavailable.append(_missing(name, f"{exc.name or exc} not installed", "pip install 'atlas-runner[ml]'"))
 
     for name in names:
-        if name in TORCH_MODES:
-            add(name, lambda name=name: TorchBackend(model, device, TORCH_MODES[name]))
+        if name in torch_mode:
+            add(name, lambda name=name: TorchBackend(model, device, torch_mode[name]))
         elif name == "onnxruntime-fp32":
             add(name, lambda: OrtBackend(onnx_fp32, "onnxruntime-fp32", "fp32"))
         elif name == "onnxruntime-int8":

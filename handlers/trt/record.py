@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from handlers.ml.files import replaced_atomically
+from atlas.atomic import replaced_atomically
 from handlers.trt.errors import TrtError
 
 BUILDERS = ("python-api", "trtexec")

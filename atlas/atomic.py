@@ -1,0 +1,35 @@
+"""Files written under a temporary name beside them and renamed into place only when
+complete: a crash or a failed check never leaves half a file where a reader looks."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path, suffix: str = "", mode: int = 0o644):
+    """Yields the temporary path to write; on success it becomes `path` with `mode` (not
+    mkstemp's 0600), on an exception it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomically(path: Path, data: str | bytes, mode: int = 0o644) -> Path:
+    """Text (UTF-8, "\\n" line ends) or bytes, written whole or not at all."""
+    with replaced_atomically(path, mode=mode) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8", newline="\n")
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
