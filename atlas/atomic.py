@@ -25,8 +25,9 @@ def replaced_atomically(path: Path, suffix: str = "", mode: int = 0o644):
             os.unlink(tmp)
 
 
-def write_atomically(path: Path, data: str | bytes, mode: int = 0o644) -> Path:
-    """Text (UTF-8, "\\n" line ends) or bytes, written whole or not at all."""
+def write_atomically(path: Path, data: str | bytes | bytearray | memoryview, mode: int = 0o644) -> Path:
+    """Text (UTF-8, "\\n" line ends) or any bytes-like buffer (a serialized TensorRT engine
+    too), written whole or not at all."""
     with replaced_atomically(path, mode=mode) as tmp:
         if isinstance(data, str):
             tmp.write_text(data, encoding="utf-8", newline="\n")

@@ -7,15 +7,11 @@ The fingerprint is the sha256 of the canonical JSON of the components.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import inspect
 import json
-import sys
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from atlas.codedigest import code_digest
 from atlas.handler import Handler
 
 
@@ -35,44 +31,10 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
-def _source_digest(module_name: str) -> str:
-    module = sys.modules.get(module_name) or importlib.import_module(module_name)
-    try:
-        data = Path(inspect.getsourcefile(module) or "").read_bytes()
-    except (OSError, TypeError):
-        return "unknown"
-    return hashlib.sha256(data).hexdigest()[:12]
-
-
-@lru_cache(maxsize=None)
-def _code_digest(module_name: str) -> str:
-    """Digest of a module's or a package's sources, found without importing them (the
-    shared ML code imports torch, which planning must not)."""
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return "missing"
-    if spec is None:
-        return "missing"
-    if spec.submodule_search_locations:
-        files = sorted(f for d in spec.submodule_search_locations for f in Path(d).rglob("*.py"))
-    else:
-        files = [Path(spec.origin)] if spec.origin else []
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def handler_version(handler: type[Handler]) -> str:
-    """name@version:source-digest — editing the handler's module, or the shared code it
-    declares in `code_modules`, re-runs its steps."""
-    code = _source_digest(handler.__module__)
-    if handler.code_modules:
-        code = hashlib.sha256(":".join([code, *map(_code_digest, handler.code_modules)]).encode()).hexdigest()[:12]
-    return f"{handler.name}@{handler.version}:{code}"
+    """name@version:code-digest: editing the handler's module, a module of its package that
+    it imports, or what it names in `code_modules`, re-runs its steps."""
+    return f"{handler.name}@{handler.version}:{code_digest(handler.__module__, tuple(handler.code_modules))}"
 
 
 def components(handler: type[Handler], params: dict, inputs: dict[str, str | None],

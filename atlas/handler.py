@@ -73,8 +73,9 @@ class Handler:
     gpu_env: ClassVar[bool] = False
     # A manual step is completed by `atlas done`, not by running code.
     manual: ClassVar[bool] = False
-    # Shared code the handler runs (modules or packages, e.g. "handlers.ml"): their sources
-    # enter the fingerprint too, so editing the training loop re-runs the training steps.
+    # The handler's module and every module of its package that it imports enter the
+    # fingerprint on their own (atlas.codedigest reads the import lines). Name here only
+    # what no import shows: a module run with `python -m`, a folder of templates.
     code_modules: ClassVar[tuple[str, ...]] = ()
     # Sections of tasks/project.yaml the step reads ("data", "model"): changing them re-runs
     # it, and a data.root folder's file listing (names, sizes, times) is watched as well.

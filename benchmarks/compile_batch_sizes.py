@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from handlers.perf.backends import TorchBackend  # noqa: E402
-from handlers.perf.harness import TimingSettings, run_benchmark  # noqa: E402
+from handlers.inference.perf.backends import TorchBackend  # noqa: E402
+from handlers.inference.perf.harness import TimingSettings, run_benchmark  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

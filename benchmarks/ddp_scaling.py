@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.train_throughput import machine  # noqa: E402
-from handlers.distributed import torchrun_command  # noqa: E402
+from handlers.training.torchrun import torchrun_command  # noqa: E402
 
 
 def run(nproc: int, feed: str, args, work: Path) -> dict:

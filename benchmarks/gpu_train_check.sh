@@ -19,6 +19,6 @@ timeout 330 python3 benchmarks/train_throughput.py --compile --out "$OUT/train-t
 cp .atlas/out/AG-DS-SCRIPTGPU-001/training.json "$OUT/scriptgpu-training.json" 2>/dev/null
 { echo "## pytest -m gpu"; timeout 200 python3 -m pytest -q -m gpu -rs -p no:cacheprovider
   echo "## pytest training tests"; timeout 200 python3 -m pytest -q -rs -p no:cacheprovider \
-    tests/test_ml_training.py tests/test_ml_models.py tests/test_ml_data.py tests/test_handler_training.py \
-    tests/test_script_audit.py; } > "$OUT/tests.txt" 2>&1
+    tests/test_ml_training.py tests/test_ml_models.py tests/test_ml_data.py tests/test_training_steps.py \
+    tests/test_training_audit.py; } > "$OUT/tests.txt" 2>&1
 tail -3 "$OUT/throughput.log"; grep -E "exit code|succeeded|failed" "$OUT/scriptgpu.txt" | head; tail -3 "$OUT/tests.txt"

@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.train_throughput import machine  # noqa: E402
-from handlers.perf.backends import TORCH_MODES, TorchBackend, to_native  # noqa: E402
-from handlers.perf.harness import TimingSettings, measure, prepare  # noqa: E402
+from handlers.inference.perf.backends import TORCH_MODES, TorchBackend, to_native  # noqa: E402
+from handlers.inference.perf.harness import TimingSettings, measure, prepare  # noqa: E402
 
 
 def bare_event_loop(module, x, warmup: int, iters: int) -> float:

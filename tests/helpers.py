@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import fake_handlers
 from atlas.cli import main
 from atlas.registry import Registry
-from handlers.manual import Manual
+from handlers.research.manual import Manual
 
 REGISTRY = Registry.from_classes(*fake_handlers.ALL, Manual)
 

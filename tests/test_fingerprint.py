@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from atlas import codedigest
 from atlas import fingerprint as fp
 from atlas.handler import Handler
 
@@ -102,10 +103,10 @@ def temp_module(tmp_path, monkeypatch):
     name = "atlas_fp_probe_handler"
     path = tmp_path / f"{name}.py"
     monkeypatch.syspath_prepend(str(tmp_path))
-    fp._source_digest.cache_clear()
+    codedigest.clear_cache()
     yield name, path
     sys.modules.pop(name, None)
-    fp._source_digest.cache_clear()
+    codedigest.clear_cache()
 
 
 HANDLER_SRC = """
@@ -133,13 +134,13 @@ def test_handler_version_changes_when_the_module_source_changes(temp_module):
 
     path.write_text(textwrap.dedent(HANDLER_SRC.format(version="1", message="b")))
     assert fp.handler_version(module.Probe) == first  # cached for the life of the process
-    fp._source_digest.cache_clear()
+    codedigest.clear_cache()
     second = fp.handler_version(module.Probe)
     assert second.startswith("probe@1:") and second != first
 
     # same source again: same digest (content, not mtime)
     path.write_text(textwrap.dedent(HANDLER_SRC.format(version="1", message="a")))
-    fp._source_digest.cache_clear()
+    codedigest.clear_cache()
     assert fp.handler_version(module.Probe) == first
 
 
@@ -156,7 +157,7 @@ def test_a_changed_handler_version_is_reported_as_handler_code_changed(temp_modu
     module = importlib.import_module(name)
     old = fp.components(module.Probe, {}, {}, None)
     path.write_text(textwrap.dedent(HANDLER_SRC.format(version="1", message="changed")))
-    fp._source_digest.cache_clear()
+    codedigest.clear_cache()
     new = fp.components(module.Probe, {}, {}, None)
     assert fp.fingerprint(old) != fp.fingerprint(new)
     assert fp.what_changed(old, new) == "handler code changed"

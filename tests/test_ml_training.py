@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from handlers.ml.session import run_training  # noqa: E402
+from handlers.training.session import run_training  # noqa: E402
 from handlers.ml.training import Reporter, detect_overfitting  # noqa: E402
-from handlers.train_params import TrainParams  # noqa: E402
+from handlers.training.params import TrainParams  # noqa: E402
 
 
 def tiny_project(train=48, val=16, test=24, size=32):

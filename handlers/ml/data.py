@@ -20,15 +20,10 @@ from PIL import Image
 
 from handlers.ml.errors import DataError
 from handlers.ml.imagecheck import check_one
+from handlers.ml.layout import (CROP_ASPECT, CROP_AREA, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD,  # noqa: F401
+                                PROJECT_FILE, SPLITS)
 from handlers.ml.synthetic import ensure_synthetic
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-SPLITS = ("train", "val", "test")
-CROP_AREA = (0.85, 1.0)          # train-time crop: mild, X-rays are centred and framed
-CROP_ASPECT = (0.9, 1.1)
-PROJECT_FILE = "tasks/project.yaml"
 MAX_LISTED = 20
 _NO_PROGRESS = contextlib.nullcontext(SimpleNamespace(advance=lambda n=1, **fields: None))
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from handlers.ml.data import PROJECT_FILE, SPLITS, DataError
+from handlers.ml.errors import DataError
+from handlers.ml.layout import PROJECT_FILE, SPLITS
 
 CHESTMNIST_FINDINGS = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass",
                        "nodule", "pneumonia", "pneumothorax", "consolidation", "edema",

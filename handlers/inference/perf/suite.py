@@ -1,0 +1,47 @@
+"""The backends AG-DS-TRTTEST-001 compares, built from the chain's artifacts; each one that
+cannot exist here becomes an entry with its reason instead of a gap in the table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+def _missing(name: str, reason: str, hint: str = "") -> dict:
+    return {"backend": name, "reason": reason, "hint": hint}
+
+
+def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx_int8: Path,
+                  engines_dir: Path | None,
+                  engine_unavailable: Callable[[Path | None], tuple[str, str] | None]) -> tuple[list, list[dict]]:
+    from handlers.inference.perf.backends import TORCH_MODES, OrtBackend, TorchBackend, TrtBackend
+    from handlers.inference.perf.harness import Unavailable
+
+    torch_mode = {name: mode for mode, (name, _, _) in TORCH_MODES.items()}
+
+    backends, unavailable = [], []
+
+    def add(name: str, build: Callable[[], object]) -> None:
+        try:
+            backends.append(build())
+        except Unavailable as exc:
+            unavailable.append(_missing(name, exc.reason, exc.hint))
+        except ImportError as exc:
+            unavailable.append(_missing(name, f"{exc.name or exc} not installed", "pip install 'atlas-runner[ml]'"))
+
+    for name in names:
+        if name in torch_mode:
+            add(name, lambda name=name: TorchBackend(model, device, torch_mode[name]))
+        elif name == "onnxruntime-fp32":
+            add(name, lambda: OrtBackend(onnx_fp32, "onnxruntime-fp32", "fp32"))
+        elif name == "onnxruntime-int8":
+            add(name, lambda: OrtBackend(onnx_int8, "onnxruntime-int8", "int8"))
+        elif name == "tensorrt":
+            why = engine_unavailable(engines_dir)
+            if why is not None:
+                unavailable.append(_missing("tensorrt", *why))
+                continue
+            from handlers.inference.trt.record import find_engines
+            found, problems = find_engines(Path(engines_dir))
+            unavailable += [_missing("tensorrt", problem, "atlas run AG-DS-TRTENGINE-001 --force") for problem in problems]
+            for record, path in found:
+                add(f"tensorrt-{record.precision}", lambda path=path, record=record: TrtBackend(path, record.precision))
+    return backends, unavailable

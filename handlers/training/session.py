@@ -1,0 +1,120 @@
+"""One training run from a step's params and the project defaults: data, model, device,
+fit, and a JSON-able summary with the findings a step reports. Used by the SCRIPTGPU and
+PROTOTYPE handlers in-process and by the DDP worker on every rank."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from handlers.ml.data import IMAGENET_MEAN, IMAGENET_STD, PreparedData, prepare_data
+from handlers.ml.device import Placement, place
+from handlers.ml.models import BuiltModel, build_model
+from handlers.ml.synthetic import SYNTHETIC_LABEL, synthetic_tag
+from handlers.ml.training import Dist, FitResult, Reporter, TrainConfig, fit
+from handlers.training.params import TrainParams
+
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_config(params: TrainParams) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in params.model_dump().items() if k in fields})
+
+
+def cache_dir(project_root: Path) -> Path:
+    return project_root / ".atlas" / "cache"
+
+
+def load_data(params: TrainParams, project: dict, project_root: Path, reporter: Reporter,
+              placement: Placement, synthetic_signal: bool = True,
+              known_bad: list[tuple[str, str]] | None = None) -> PreparedData:
+    return prepare_data(project["data"], project_root, cache_dir(project_root), log=reporter.log,
+                        progress=reporter.progress, workers=max(1, placement.workers),
+                        subset_per_class=params.subset_per_class, seed=params.seed,
+                        synthetic_signal=synthetic_signal, known_bad=known_bad)
+
+
+@dataclass
+class TrainingRun:
+    data: PreparedData
+    built: BuiltModel
+    placement: Placement
+    fit: FitResult
+    findings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        d, b = self.data, self.built
+        return {
+            "synthetic": d.synthetic, "data_source": d.source, "classes": d.classes,
+            "positive_class": d.classes[d.positive], "images": d.counts(),
+            "skipped_images": [list(item) for item in d.skipped],
+            "arch": b.arch, "weights": b.weights.used, "weights_requested": b.weights.requested,
+            "trainable_params": b.trainable_params, "total_params": b.total_params,
+            "device": self.placement.describe(), **self.fit.as_dict(), "findings": self.findings,
+        }
+
+    def headline(self) -> str:
+        t = self.fit.test
+        tag = synthetic_tag(self.data.synthetic)
+        return (f"{self.built.arch}: best epoch {self.fit.best_epoch}/{len(self.fit.history)}, test accuracy "
+                f"{t.get('accuracy', float('nan')):.3f}, AUC {t.get('auc', float('nan')):.3f}, "
+                f"F1 {t.get('f1', float('nan')):.3f}{tag}")
+
+
+def run_training(params: TrainParams, project: dict, project_root: Path, checkpoint: Path,
+                 reporter: Reporter, dist: Dist | None = None, processes_per_node: int = 1,
+                 wrap: Callable[[nn.Module], nn.Module] | None = None, synthetic_signal: bool = True,
+                 data: PreparedData | None = None, placement: Placement | None = None) -> TrainingRun:
+    dist = dist or Dist()
+    placement = placement or place(params.device, params.amp, params.channels_last, params.workers,
+                                   dist.local_rank, processes_per_node)
+    data = data or load_data(params, project, project_root, reporter, placement, synthetic_signal)
+    choice = params.model_choice(project)
+    seed_everything(params.seed)     # the same initial head on every rank and every run
+    built = build_model(choice["arch"], len(data.classes), choice["weights"], choice["freeze_until"],
+                        project_root, reporter.log)
+    meta = {"arch": built.arch, "classes": data.classes, "positive": data.positive,
+            "image_size": int(project["data"]["image_size"]), "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "input": "grayscale replicated to 3 channels, /255, ImageNet mean/std",
+            "synthetic": data.synthetic, "data_source": data.source, "weights": built.weights.used,
+            "freeze_until": choice["freeze_until"]}
+    reporter.log.info("training %s (%s weights, %d of %d parameters trainable) on %s; data: %s",
+                      built.arch, built.weights.used, built.trainable_params, built.total_params,
+                      placement.describe(), data.source)
+    result = fit(built.model, data.datasets, len(data.classes), data.positive, train_config(params),
+                 placement, checkpoint, meta, reporter, dist, wrap)
+    return TrainingRun(data, built, placement, result, _findings(data, built, placement, result, choice))
+
+
+def _findings(data: PreparedData, built: BuiltModel, placement: Placement, result: FitResult,
+              choice: dict) -> list[str]:
+    findings = []
+    if data.synthetic:
+        findings.append(f"{SYNTHETIC_LABEL}: trained and scored on the built-in synthetic set, not on X-rays; "
+                        f"set data.root in tasks/project.yaml for real results")
+    if placement.note:
+        findings.append(placement.note)
+    if built.weights.note:
+        findings.append(built.weights.note)
+    if not built.weights.pretrained and choice["freeze_until"] and built.weights.requested != "auto":
+        findings.append(f"layers up to {choice['freeze_until']} are frozen at random initialisation; "
+                        f"with weights: none consider freeze_until: none")
+    if data.skipped:
+        findings.append(f"{len(data.skipped)} unreadable images skipped (named in the log)")
+    if result.overfitting:
+        findings.append(result.overfitting)
+    if result.stopped_early:
+        findings.append(f"early stopping after epoch {len(result.history)}: no better validation loss "
+                        f"since epoch {result.best_epoch}")
+    return findings + list(data.notes)

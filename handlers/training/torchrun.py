@@ -1,0 +1,121 @@
+"""Launching the DDP worker through torchrun (torch.distributed.elastic): the command line,
+the script the other nodes run, the launch notes, and the launch itself with rank 0's
+events replayed as the step's own."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from atlas.handler import Context
+from handlers.training.ddp_params import DistributedParams
+
+# What torchrun sets in every worker's environment (torch.distributed.run docs).
+TORCHRUN_ENV = {
+    "LOCAL_RANK": "rank of the process on its node (pick the GPU with it)",
+    "RANK": "global rank across all nodes",
+    "GROUP_RANK": "rank of this node (the worker group)",
+    "ROLE_RANK": "rank among workers with the same role",
+    "LOCAL_WORLD_SIZE": "processes on this node (--nproc-per-node)",
+    "WORLD_SIZE": "processes in the whole job",
+    "ROLE_WORLD_SIZE": "processes with the same role",
+    "MASTER_ADDR": "host of the rank-0 process (the process group's TCPStore)",
+    "MASTER_PORT": "port of that store",
+    "TORCHELASTIC_RESTART_COUNT": "restarts so far (--max-restarts)",
+    "TORCHELASTIC_MAX_RESTARTS": "the configured maximum",
+    "TORCHELASTIC_RUN_ID": "the rendezvous id (--rdzv-id)",
+    "OMP_NUM_THREADS": "set to 1 per process by torchrun unless given; atlas sets cores/processes on CPUs",
+}
+POLL_S = 0.2
+
+
+def torchrun_command(nproc: int, nnodes: int, node_rank: int, rdzv_endpoint: str, rdzv_id: str,
+                     join_timeout_s: int, config: str, python: str = sys.executable) -> list[str]:
+    """The torchrun invocation: standalone on one node, c10d rendezvous across several."""
+    cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes == 1:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}",
+                f"--rdzv-conf=join_timeout={join_timeout_s}"]
+    return cmd + ["--max-restarts=0", "-m", "handlers.training.ddp_worker", config]
+
+
+def other_nodes_script(params: DistributedParams, nproc: int, configs: list[tuple[str, dict]],
+                       project_root: Path) -> str:
+    """A bash script for nodes 1..nnodes-1: the same torchrun launches, in the same order,
+    each with its config inlined (the node needs the project and the data, not node 0's files)."""
+    lines = ["#!/usr/bin/env bash",
+             "# Run on every other node: bash launch_other_nodes.sh NODE_RANK",
+             f"# Node 0 runs `atlas run AG-DS-DISTRIBUTED-001`; rendezvous at {params.rdzv_endpoint}.",
+             "set -euo pipefail",
+             'NODE_RANK="${1:?usage: launch_other_nodes.sh NODE_RANK (1..' + str(params.nnodes - 1) + ')}"',
+             f'export ATLAS_PROJECT_ROOT="${{ATLAS_PROJECT_ROOT:-{project_root}}}"',
+             'cd "$ATLAS_PROJECT_ROOT"', 'CONFIG_DIR="$(mktemp -d)"', "trap 'rm -rf \"$CONFIG_DIR\"' EXIT"]
+    for name, config in configs:
+        lines.append(f"cat > \"$CONFIG_DIR/{name}\" <<'JSON'\n{json.dumps(config, indent=1)}\nJSON")
+        cmd = torchrun_command(nproc, params.nnodes, 0, params.rdzv_endpoint, config["rdzv_id"],
+                               params.join_timeout_s, "CONFIG", python="python3")
+        cmd = [c.replace("--node-rank=0", "--node-rank=NODE_RANK") for c in cmd]
+        text = " ".join(shlex.quote(c) for c in cmd)
+        lines.append(text.replace("--node-rank=NODE_RANK", '--node-rank="$NODE_RANK"')
+                     .replace(" CONFIG", f' "$CONFIG_DIR/{name}"'))
+    return "\n".join(lines) + "\n"
+
+
+def env_markdown(params: DistributedParams, nproc: int, commands: list[list[str]]) -> str:
+    rows = "\n".join(f"| `{k}` | {v} |" for k, v in TORCHRUN_ENV.items())
+    cmds = "\n".join(" ".join(shlex.quote(c) for c in cmd) for cmd in commands)
+    more = ("" if params.nnodes == 1 else
+            f"\nOn each other node (1..{params.nnodes - 1}): `bash launch_other_nodes.sh NODE_RANK` from the "
+            f"project folder (set ATLAS_PROJECT_ROOT if it lives elsewhere). All nodes must reach "
+            f"{params.rdzv_endpoint} and each other (NCCL: set NCCL_SOCKET_IFNAME to the right interface if "
+            f"there are several).\n")
+    return (f"# DDP launch\n\n{params.nnodes} node(s) x {nproc} process(es), rendezvous "
+            f"{'standalone' if params.nnodes == 1 else params.rdzv_backend + ' at ' + params.rdzv_endpoint}.\n\n"
+            f"Commands node 0 ran:\n\n```bash\n{cmds}\n```\n{more}\n"
+            f"## Environment torchrun sets in every process\n\n| variable | meaning |\n|---|---|\n{rows}\n")
+
+
+def _forward_events(ctx: Context, path: Path, offset: int) -> int:
+    """Replay rank 0's new JSON-line events as this step's own; returns the new offset."""
+    if not path.exists():
+        return offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1           # only whole lines
+    for line in chunk[:end].splitlines():
+        event = json.loads(line)
+        if event["type"] == "metric":
+            ctx.metric(event["name"], event["value"] if event["value"] is not None else float("nan"),
+                       event.get("unit", ""), event.get("step"))
+        else:
+            ctx.emit({**event, "task": ctx.task_id})
+    return offset + end
+
+
+def launch(ctx: Context, cmd: list[str], events: Path, env: dict) -> int:
+    ctx.log.info("launching: %s", " ".join(shlex.quote(c) for c in cmd))
+    proc = subprocess.Popen(cmd, cwd=ctx.project_root, env=env)
+    offset = 0
+    while proc.poll() is None:
+        offset = _forward_events(ctx, events, offset)
+        time.sleep(POLL_S)
+    _forward_events(ctx, events, offset)
+    return proc.returncode
+
+
+def process_count(params: DistributedParams) -> tuple[int, bool]:
+    """(processes per node, on GPUs?)."""
+    import torch
+    gpus = torch.cuda.device_count() if params.device != "cpu" else 0
+    if params.device == "cuda" and not gpus:
+        raise RuntimeError("device: cuda, but torch sees no CUDA device")
+    if params.nproc_per_node != "auto":
+        return int(params.nproc_per_node), gpus > 0
+    return (gpus, True) if gpus else (2, False)
