@@ -44,18 +44,21 @@ def missing_capabilities(requires: tuple[str, ...], capabilities: set[str]) -> l
     return [cap for cap in requires if cap not in capabilities]
 
 
-def capability_reason(missing: list[str]) -> tuple[str, str]:
-    """Every missing capability is named: fixing one should not reveal the next."""
+def capability_reason(missing: list[str], hints: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Every missing capability is named: fixing one should not reveal the next. `hints`
+    (the probe's, e.g. the DALI wheel for this machine's CUDA major) override the defaults."""
     pairs = [CAPABILITIES.get(cap, (f"needs {cap}", "")) for cap in missing]
-    return "; ".join(r for r, _ in pairs), "; ".join(h for _, h in pairs if h)
+    hints = hints or {}
+    texts = [hints.get(cap, hint) for cap, (_, hint) in zip(missing, pairs)]
+    return "; ".join(r for r, _ in pairs), "; ".join(h for h in texts if h)
 
 
 def decide(node: Hashable, facts: StepFacts, upstream: Mapping[Hashable, str],
-           capabilities: set[str], forced: bool = False) -> Decision:
+           capabilities: set[str], forced: bool = False, hints: Mapping[str, str] | None = None) -> Decision:
     """One step's decision given its upstream outcomes (planned or real)."""
     missing = missing_capabilities(facts.requires, capabilities)
     if missing:
-        return Decision("skip", *capability_reason(missing))
+        return Decision("skip", *capability_reason(missing, hints))
     for dep, outcome in sorted(upstream.items(), key=lambda kv: str(kv[0])):
         if outcome in ("run", *DONE_OK) or dep in facts.optional:
             continue
@@ -98,11 +101,11 @@ class Plan:
 
 
 def plan(graph: nx.DiGraph, facts: Mapping[Hashable, StepFacts], capabilities: set[str],
-         forced: set[Hashable] = frozenset()) -> Plan:
+         forced: set[Hashable] = frozenset(), hints: Mapping[str, str] | None = None) -> Plan:
     """Decide every step of `graph` (already cut to the targets' upstream)."""
     levels = graph_levels(graph)
     decisions: dict[Hashable, Decision] = {}
     for node in (n for level in levels for n in level):
         upstream = {dep: decisions[dep].action for dep in graph.predecessors(node)}
-        decisions[node] = decide(node, facts[node], upstream, capabilities, node in forced)
+        decisions[node] = decide(node, facts[node], upstream, capabilities, node in forced, hints)
     return Plan(levels, decisions)

@@ -51,6 +51,43 @@ _CAPABILITY_PACKAGE = {"torch": "torch", "torchvision": "torchvision", "onnx": "
 CUDNN_DISTS = ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12", "nvidia-cudnn-cu11")
 
 
+WHEEL_MAJORS = ("12", "13")   # the CUDA majors NVIDIA builds DALI and CuPy wheels for
+
+
+def wheel_major(major: str | None) -> str:
+    """The wheel family for a CUDA major: 13 when unknown (today's default), the newest for
+    a newer driver (it runs older CUDA), 12 for anything older."""
+    if major in WHEEL_MAJORS:
+        return major
+    if major is None or not major.isdigit():
+        return WHEEL_MAJORS[-1]
+    return WHEEL_MAJORS[-1] if int(major) > int(WHEEL_MAJORS[-1]) else WHEEL_MAJORS[0]
+
+
+def dali_wheel(major: str) -> str:
+    return f"nvidia-dali-cuda{major}0"
+
+
+def cupy_wheel(major: str) -> str:
+    return f"cupy-cuda{major}x"
+
+
+def detected_cuda_major() -> str | None:
+    """The driver's CUDA major (libcuda), else the installed torch's CUDA build; no import."""
+    version = cuda_driver_version() or torch_cuda_build()
+    return version.split(".")[0] if version else None
+
+
+def dali_install_hint(major: str | None) -> str:
+    m = wheel_major(major)
+    return f"pip install {dali_wheel(m)} (CUDA {m}; or pip install 'atlas-runner[gpu-cu{m}]'); DALI needs Linux and an NVIDIA GPU"
+
+
+def cupy_install_hint(major: str | None) -> str:
+    m = wheel_major(major)
+    return f"pip install {cupy_wheel(m)} (CUDA {m}; or pip install 'atlas-runner[gpu-cu{m}]')"
+
+
 @dataclass(frozen=True)
 class Gpu:
     index: int
@@ -87,6 +124,18 @@ class Probe:
 
     def capabilities(self) -> set[str]:
         return {c for c in CAPABILITIES if self.has(c)}
+
+    def cuda_major(self) -> str | None:
+        """The CUDA major this machine's wheels must be built for: the driver's, else the
+        installed torch's CUDA build."""
+        version = self.cuda_driver or self.torch_cuda
+        return version.split(".")[0] if version else None
+
+    def hints(self) -> dict[str, str]:
+        """Install hints naming the wheels for this machine's CUDA major (DALI and CuPy come
+        one per major); the other capabilities keep CAPABILITIES' text."""
+        major = self.cuda_major()
+        return {"dali": dali_install_hint(major), "cupy": cupy_install_hint(major)}
 
     def gpu_environment(self) -> dict:
         """The part of the environment a GPU step's results depend on (fingerprinted)."""

@@ -135,7 +135,7 @@ def make_plan(project: Project, store: StateStore, probe: Probe, targets: list[s
     forced = set(graph) if force_all else set(force)
     history = History(store, snapshot=True)
     facts = {task: step_facts(project, history, probe, task) for task in graph}
-    return graph, plan(graph, facts, probe.capabilities(), forced)
+    return graph, plan(graph, facts, probe.capabilities(), forced, probe.hints())
 
 
 @dataclass
@@ -196,7 +196,7 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
              display: RunDisplay) -> RunReport:
     graph = subgraph(project, targets)
     forced = set(graph) if options.force_all else set(targets) if options.force else set()
-    capabilities = probe.capabilities()
+    capabilities, hints = probe.capabilities(), probe.hints()
     facts: dict[str, StepFacts] = {}
     live = History(store, snapshot=False)
     run_id = store.start_run(targets, options.argv, __version__)
@@ -206,7 +206,7 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
 
     def decide_now(task: str, upstream_outcomes: dict) -> object:
         facts[task] = step_facts(project, live, probe, task)
-        return decide(task, facts[task], upstream_outcomes, capabilities, task in forced)
+        return decide(task, facts[task], upstream_outcomes, capabilities, task in forced, hints)
 
     def note(task: str, outcome: Outcome) -> None:
         step = project.steps[task]

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from handlers.ml.data import ImageFileDataset, scan_folder  # noqa: E402
 from handlers.ml.device import place  # noqa: E402
-from handlers.ml.models import build_model  # noqa: E402
 from handlers.ml.synthetic import ensure_synthetic  # noqa: E402
-from handlers.ml.training import TrainConfig, TrainStep, _loader, make_optimizer, to_placement  # noqa: E402
+from handlers.ml.batches import TorchBatches  # noqa: E402
+from handlers.ml.throughput import epochs_of, resident_batches, timed_steps, training_step  # noqa: E402
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
@@ -39,44 +39,6 @@ def machine() -> dict:
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sm=f"{p.major}.{p.minor}")
     return info
-
-
-def make_step(freeze: str | None, placement, compile_model: bool):
-    torch.manual_seed(0)
-    built = build_model("resnet50", 2, weights="none", freeze=freeze)
-    model = to_placement(built.model, placement)
-    net = torch.compile(model) if compile_model else model
-    optimizer, _ = make_optimizer(model, TrainConfig(schedule="constant"), 1)
-    return TrainStep(net, optimizer, torch.nn.CrossEntropyLoss(), placement), built.trainable_params
-
-
-def timed(step, batches, warmup: int, iters: int, batch: int, device) -> dict:
-    it = iter(batches)
-    for _ in range(warmup):
-        step(*next(it))
-    torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(iters):
-        step(*next(it))
-    torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    return {"images_per_s": iters * batch / seconds, "seconds": seconds, "iterations": iters}
-
-
-def tensor_batches(batch: int, size: int, device):
-    x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
-    y = torch.randint(0, 2, (batch,), device=device)
-    while True:
-        yield x, y
-
-
-def loader_batches(loader):
-    epoch = 0
-    while True:
-        loader.sampler.set_epoch(epoch) if hasattr(loader.sampler, "set_epoch") else None
-        loader.dataset.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def main() -> int:
@@ -101,9 +63,9 @@ def main() -> int:
     if args.compile:
         variants.insert(1, ("full fine-tune, torch.compile", None, True))
     for label, freeze, comp in variants:
-        step, trainable = make_step(freeze, placement, comp)
-        r = timed(step, tensor_batches(args.batch, args.size, placement.device), args.warmup, args.iters,
-                  args.batch, placement.device)
+        step, trainable = training_step(placement, freeze=freeze, compile_model=comp)
+        r = timed_steps(step, resident_batches(args.batch, args.size, placement), args.warmup, args.iters,
+                        args.batch, placement.device)
         runs.append({"feed": "tensors on GPU", "model": label, "trainable_params": trainable, **r})
         print(json.dumps(runs[-1]), flush=True)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="atlas-bench-"))
@@ -113,11 +75,10 @@ def main() -> int:
     generated = time.perf_counter() - started
     samples, _ = scan_folder(root, CLASSES, 0.1, 0)
     dataset = ImageFileDataset(samples["train"], args.size, train=True, seed=0)
-    sampler = torch.utils.data.RandomSampler(dataset)
-    loader = _loader(dataset, args.batch, placement, sampler=sampler, drop_last=True)
+    source = TorchBatches(dataset, args.batch, placement, train=True, drop_last=True)
     for label, freeze, comp in variants:
-        step, trainable = make_step(freeze, placement, comp)
-        r = timed(step, loader_batches(loader), args.warmup, args.iters, args.batch, placement.device)
+        step, trainable = training_step(placement, freeze=freeze, compile_model=comp)
+        r = timed_steps(step, epochs_of(source), args.warmup, args.iters, args.batch, placement.device)
         runs.append({"feed": f"DataLoader, {placement.workers} workers, PNG decode", "model": label,
                      "trainable_params": trainable, **r})
         print(json.dumps(runs[-1]), flush=True)

@@ -61,3 +61,51 @@ def test_focal_loss_with_gamma_zero_is_weighted_cross_entropy():
     assert float(FocalLoss(None, gamma=2.0)(logits, target)) < float(FocalLoss(None, gamma=0.0)(logits, target))
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("hinge", None)
+
+
+# ------------------------------------------------------------------ operating threshold, near chance
+
+def test_threshold_maximises_youden_on_shifted_scores():
+    from handlers.ml.metrics import choose_threshold, classification_metrics
+    # a model that ranks perfectly but whose positive probabilities all sit below 0.5
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    p_pos = np.array([0.05, 0.10, 0.20, 0.30, 0.35, 0.40])
+    probs = np.stack([1 - p_pos, p_pos], axis=1)
+    assert classification_metrics(labels, probs, 1)["accuracy"] == 0.5          # argmax: all NORMAL
+    t, val = choose_threshold(labels, probs, 1)
+    assert t == pytest.approx(0.25) and val["youden_j"] == 1.0                # midway between 0.20 and 0.30
+    assert classification_metrics(labels, probs, 1, t)["accuracy"] == 1.0
+
+
+def test_threshold_ties_go_to_the_one_nearest_half_and_missing_classes_give_none():
+    from handlers.ml.metrics import choose_threshold
+    labels = np.array([0, 1])
+    probs = np.array([[0.9, 0.1], [0.1, 0.9]])
+    t, _ = choose_threshold(labels, probs, 1)
+    assert t == 0.5                                          # every midpoint separates; 0.5 is nearest
+    assert choose_threshold(np.array([1, 1]), probs, 1) == (None, {})
+    assert choose_threshold(np.array([0, 1, 2]), np.full((3, 3), 1 / 3), 1) == (None, {})
+
+
+def test_threshold_decides_for_the_positive_class_only_in_binary_tasks():
+    from handlers.ml.metrics import predictions
+    probs = np.array([[0.7, 0.3], [0.2, 0.8]])
+    assert predictions(probs, 1, 0.25).tolist() == [1, 1]
+    assert predictions(probs, 0, 0.65).tolist() == [0, 1]            # positive class 0
+    assert predictions(probs, 1, None).tolist() == [0, 1]
+    three = np.array([[0.2, 0.3, 0.5]])
+    assert predictions(three, 1, 0.1).tolist() == [2]                 # argmax beyond two classes
+
+
+def test_quality_warning_names_chance_auc_and_a_constant_classifier():
+    from handlers.ml.metrics import inherited_warning, quality_warning
+    classes = ["NORMAL", "PNEUMONIA"]
+    assert quality_warning(0.9, np.array([0, 1, 0]), classes) is None
+    near = quality_warning(0.532, np.array([0, 1, 0]), classes)
+    assert near.startswith("model near chance: test AUC 0.532 is within 0.1 of 0.5")
+    constant = quality_warning(0.95, np.array([0, 0, 0]), classes)
+    assert "it predicts NORMAL for every test image" in constant
+    both = quality_warning(0.55, np.zeros(4, int), classes)
+    assert "AUC 0.550" in both and "NORMAL for every" in both
+    assert inherited_warning({"quality_warning": near}) == [f"from AG-DS-SCRIPTGPU-001's training: {near}"]
+    assert inherited_warning({"quality_warning": None}) == [] and inherited_warning({}) == []

@@ -97,8 +97,8 @@ def test_lost_rename_race_uses_the_winners_set(tmp_path, monkeypatch):
     winner = generate(tmp_path / "w", CLASSES, {"train": 1}, SIZE)
     real_write = synthetic._write_set
 
-    def write_then_lose(tmp, params):      # another process finishes first, mid-build
-        real_write(tmp, params)
+    def write_then_lose(tmp, params, *rest):      # another process finishes first, mid-build
+        real_write(tmp, params, *rest)
         if not root.exists():
             (tmp_path / "w").rename(root)
 

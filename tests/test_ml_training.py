@@ -85,3 +85,74 @@ def test_on_a_gpu_training_uses_amp_channels_last_and_pinned_memory(tmp_path):
     assert p.amp_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     assert "no CUDA device" not in " ".join(run.findings)
     assert run.fit.test["auc"] > 0.8, rows(run.fit.history, "train_loss", "val_loss", "val_auc")
+
+
+# ------------------------------------------------------------------ the guards against a constant classifier
+
+def test_a_step_budget_raises_the_epochs_and_holds_off_early_stopping():
+    from handlers.ml.training import TrainConfig, may_stop, planned_epochs
+    cfg = TrainConfig(epochs=3, min_steps=300, min_epochs=3)
+    assert planned_epochs(cfg, steps_per_epoch=8) == 38            # 3 x 8 = 24 steps would be too few
+    assert planned_epochs(cfg, steps_per_epoch=200) == 3           # a real dataset already has them
+    assert planned_epochs(TrainConfig(epochs=2, min_epochs=3), 8) == 2   # min_epochs never adds epochs
+    assert not may_stop(cfg, epoch=10, steps_done=80)
+    assert not may_stop(cfg, epoch=2, steps_done=400)
+    assert may_stop(cfg, epoch=3, steps_done=300)
+
+
+def test_min_steps_auto_is_a_gpu_budget():
+    from handlers.training.params import GPU_MIN_STEPS
+    assert TrainParams().resolved_min_steps(on_gpu=True) == GPU_MIN_STEPS == 300
+    assert TrainParams().resolved_min_steps(on_gpu=False) == 0
+    assert TrainParams(min_steps=50).resolved_min_steps(on_gpu=True) == 50
+
+
+def test_batchnorm_recalibration_takes_the_plain_average_and_leaves_the_weights():
+    from handlers.ml.device import place
+    from handlers.ml.training import recalibrate_batchnorm
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    bn = model[1]
+    bn.running_mean.fill_(100.0)
+    bn.running_var.fill_(1e-3)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [(torch.randn(8, 3, 5, 5) * 2 + 1, torch.zeros(8, dtype=torch.long)) for _ in range(4)]
+    model.eval()
+    used = recalibrate_batchnorm(model, batches, place("cpu"), max_images=32)
+    assert used == 32 and not model.training and bn.momentum == 0.1
+    with torch.no_grad():
+        acts = [model[0](x) for x, _ in batches]
+    expected_mean = torch.stack([a.mean(dim=(0, 2, 3)) for a in acts]).mean(0)
+    expected_var = torch.stack([a.var(dim=(0, 2, 3), unbiased=True) for a in acts]).mean(0)
+    assert torch.allclose(bn.running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(bn.running_var, expected_var, atol=1e-4)
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+    assert recalibrate_batchnorm(model, batches, place("cpu"), max_images=8) == 8    # stops at the budget
+
+
+def test_the_decision_rule_and_any_warning_travel_with_the_checkpoint(tmp_path):
+    params = TrainParams(epochs=2, batch_size=16, workers=0, bn_recalibration_images=32)
+    run = run_training(params, tiny_project(train=24, val=12, test=12), tmp_path, tmp_path / "model.pt", Recorder())
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["meta"]
+    assert saved["threshold"] == run.fit.threshold is not None
+    assert 0 < saved["threshold"] < 1 and run.fit.test["threshold"] == saved["threshold"]
+    assert "quality_warning" in saved and saved["test"]["auc"] == run.fit.test["auc"]
+    assert any(f.startswith("operating threshold ") for f in run.findings)
+    assert run.summary()["threshold_validation"]["images"] == 24
+    from handlers.ml.onnx_export import METADATA_PREFIX, model_metadata
+    props = model_metadata(saved, "sha")
+    assert props[f"{METADATA_PREFIX}threshold"] == str(saved["threshold"])
+    assert props[f"{METADATA_PREFIX}quality_warning"] == (saved["quality_warning"] or "")
+
+
+def test_early_stopping_waits_for_the_step_budget(tmp_path):
+    params = TrainParams(epochs=2, batch_size=8, lr=3e-3, patience=1, workers=0, schedule="constant",
+                         min_steps=12, min_epochs=1, bn_recalibration_images=0)
+    run = run_training(params, tiny_project(train=8, val=8, test=8), tmp_path, tmp_path / "model.pt",
+                       Recorder(), synthetic_signal=False)
+    # 12 steps at 2 per epoch: the run is 6 epochs, and patience 1 on labels it can only
+    # memorise would have stopped it after 2 or 3 without the budget
+    assert run.fit.epochs_planned == 6
+    assert not run.fit.stopped_early and len(run.fit.history) == 6 and run.fit.optimizer_steps == 12

@@ -100,7 +100,7 @@ class TrtTest(Handler):
                                    on_progress=lambda *a, **k: bar.advance(1))
         result.unavailable[:0] = unavailable
 
-        accuracy = self._accuracy(ctx, result, backends, x, labels, data.positive)
+        accuracy = self._accuracy(ctx, result, backends, x, labels, data.positive, meta.get("threshold"))
         for m in result.measurements:
             h2d = "" if m.h2d is None else ("_h2d" if m.h2d else "_resident")
             ctx.metric(f"{m.backend}_bs{m.batch}{h2d}_img_s", m.throughput, "img/s")
@@ -114,7 +114,7 @@ class TrtTest(Handler):
         ctx.write_text("benchmark.md", markdown_report(result, accuracy, device, bool(meta.get("synthetic"))))
         return self._result(result, accuracy, device, meta)
 
-    def _accuracy(self, ctx, result, backends, x, labels, positive) -> dict:
+    def _accuracy(self, ctx, result, backends, x, labels, positive, threshold) -> dict:
         from handlers.ml.parity import scores
         from handlers.inference.perf.harness import predict_all
         # absent or broken at set-up: their reason is already recorded, do not try again
@@ -133,13 +133,14 @@ class TrtTest(Handler):
         reference = logits.get(REFERENCE)
         accuracy = {}
         for name, out in logits.items():
-            accuracy[name] = scores(labels, out, positive, reference)
+            accuracy[name] = scores(labels, out, positive, reference, threshold)
             ctx.metric(f"{name}_accuracy", accuracy[name]["accuracy"])
         return accuracy
 
     def _result(self, result, accuracy, device, meta) -> Result:
         from handlers.inference.perf.report import summary_lines
-        lines = summary_lines(result, accuracy)
+        from handlers.ml.metrics import inherited_warning
+        lines = inherited_warning(meta) + summary_lines(result, accuracy)
         best = max(result.measurements, key=lambda m: m.throughput, default=None)
         from handlers.ml.synthetic import synthetic_tag
         tag = synthetic_tag(bool(meta.get("synthetic")))

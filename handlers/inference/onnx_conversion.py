@@ -40,6 +40,7 @@ class OnnxConv(Handler):
 
         from handlers.ml.arrays import load_eval_data, model_input, split_arrays
         from atlas.fingerprint import file_sha256
+        from handlers.ml.metrics import inherited_warning
         from handlers.ml.models import load_checkpoint
         from handlers.ml.onnx_export import export_onnx
         from handlers.ml.ort import open_session, run_logits
@@ -81,4 +82,5 @@ class OnnxConv(Handler):
         return Result.succeeded(
             f"{meta['arch']} -> model.onnx (opset {info.opset}, {info.exporter} exporter, dynamic batch); "
             f"{summary}{synthetic_tag(bool(meta.get('synthetic')))}",
-            [f"ONNX metadata: classes {meta['classes']}, input {meta['image_size']}px, ImageNet mean/std"])
+            inherited_warning(meta) + [f"ONNX metadata: classes {meta['classes']}, input {meta['image_size']}px, "
+                                       f"ImageNet mean/std, decision threshold {meta.get('threshold')}"])

@@ -55,7 +55,9 @@ def metadata_meta(onnx_path: Path) -> dict:
         classes = json.loads(props[f"{METADATA_PREFIX}classes"])
         return {"classes": classes, "positive": classes.index(props[f"{METADATA_PREFIX}positive_class"]),
                 "image_size": int(props[f"{METADATA_PREFIX}image_size"]), "arch": props[f"{METADATA_PREFIX}arch"],
-                "synthetic": json.loads(props.get(f"{METADATA_PREFIX}synthetic_data", "false"))}
+                "synthetic": json.loads(props.get(f"{METADATA_PREFIX}synthetic_data", "false")),
+                "threshold": json.loads(props.get(f"{METADATA_PREFIX}threshold", "null")),
+                "quality_warning": props.get(f"{METADATA_PREFIX}quality_warning") or None}
     except (KeyError, ValueError) as exc:
         raise ModelError(f"{onnx_path.name} lacks atlas metadata ({exc})",
                          "re-run AG-DS-ONNXCONV-001 to export it again") from exc
@@ -109,7 +111,7 @@ class TrtProfile(Handler):
             return Result.failed("the INT8 model is not in the form TensorRT needs: " + "; ".join(qdq.problems()),
                                  "see model_int8_qdq.onnx; try quantizer: onnxruntime")
 
-        results = self._evaluate(ctx, params, data, onnx_path)
+        results = self._evaluate(ctx, params, data, onnx_path, meta.get("threshold"))
         profile = batch_profile("input", 3, size, params.min_batch, params.opt_batch, params.max_batch)
         settings = build_settings(profile, dict(ONNX_FILES), params.workspace_gb, params.precisions)
         document = {
@@ -133,7 +135,7 @@ class TrtProfile(Handler):
                        + evaluation_table(results) + "\n")
         return self._result(params, meta, results, qdq, int8_tool)
 
-    def _evaluate(self, ctx, params, data, onnx_path) -> dict:
+    def _evaluate(self, ctx, params, data, onnx_path, threshold) -> dict:
         from handlers.ml.arrays import model_input, split_arrays
         from handlers.ml.ort import open_session, run_logits
         from handlers.ml.parity import scores
@@ -149,7 +151,7 @@ class TrtProfile(Handler):
                 logits = run_logits(session, x)
                 reference = logits if reference is None else reference
                 results[precision] = {"model": path.name, "provider": provider, "images": int(len(labels)),
-                                      **scores(labels, logits, data.positive, reference)}
+                                      **scores(labels, logits, data.positive, reference, threshold)}
                 for key in ("accuracy", "auc", "agreement"):
                     ctx.metric(f"{precision}_{key}", results[precision][key])
                 bar.advance(1)
@@ -157,7 +159,8 @@ class TrtProfile(Handler):
 
     def _result(self, params, meta, results, qdq, int8_tool) -> Result:
         fp32 = results["fp32"]
-        findings = [f"INT8 Q/DQ ({int8_tool}, {params.calibration_method} calibration): "
+        from handlers.ml.metrics import inherited_warning
+        findings = inherited_warning(meta) + [f"INT8 Q/DQ ({int8_tool}, {params.calibration_method} calibration): "
                     f"{qdq.quantize_nodes} QuantizeLinear, {qdq.dequantize_nodes} DequantizeLinear, "
                     f"{qdq.per_channel_weights} per-channel weights, all zero-points 0"]
         for precision in ("fp16", "int8"):

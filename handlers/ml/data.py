@@ -7,6 +7,7 @@ project (training, export parity checks and calibration all call it).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import multiprocessing
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from handlers.ml.layout import (CROP_ASPECT, CROP_AREA, IMAGE_EXTENSIONS, IMAGEN
 from handlers.ml.synthetic import ensure_synthetic
 
 MAX_LISTED = 20
+# Training images are mirrored left-right with this probability unless data.hflip says
+# otherwise (CheXNet's augmentation; set 0 where laterality matters to the labels).
+DEFAULT_HFLIP = 0.5
 _NO_PROGRESS = contextlib.nullcontext(SimpleNamespace(advance=lambda n=1, **fields: None))
 
 
@@ -158,17 +162,30 @@ def _crop_box(rng: np.random.Generator, w: int, h: int) -> tuple[float, float, f
     return (float(x0), float(y0), float(x0 + cw), float(y0 + ch))
 
 
-def _finish(im: Image.Image, size: int, rng: np.random.Generator | None) -> np.ndarray:
-    """Optional train crop, then a bilinear resize to size x size: uint8 (S, S)."""
+def _finish(im: Image.Image, size: int, rng: np.random.Generator | None, hflip: float = 0.0) -> np.ndarray:
+    """uint8 (S, S). Training (rng given): a random crop resized to S x S, mirrored with
+    probability `hflip`. Evaluation: the shorter side resized to S, then the centre S x S
+    (torchvision's Resize(S) + CenterCrop(S); the DALI pipeline does the same)."""
     im = _gray(im)
-    box = _crop_box(rng, im.width, im.height) if rng is not None else None
-    return np.array(im.resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)
+    if rng is not None:
+        box = _crop_box(rng, im.width, im.height)
+        flip = hflip > 0 and rng.random() < hflip
+        out = im.resize((size, size), Image.BILINEAR, box=box)
+        return np.array(out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out, dtype=np.uint8)
+    w, h = im.size
+    if (w, h) != (size, size):
+        # torchvision's rule for the resized size, and its rounding of the crop offset
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        im = im.resize((nw, nh), Image.BILINEAR)
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+    return np.array(im, dtype=np.uint8)
 
 
-def _decode(path: Path, size: int, rng: np.random.Generator | None) -> np.ndarray:
+def _decode(path: Path, size: int, rng: np.random.Generator | None, hflip: float = 0.0) -> np.ndarray:
     with Image.open(path) as im:
         im.draft("L", (size, size))    # JPEG: decode at a reduced scale, still >= size
-        return _finish(im, size, rng)
+        return _finish(im, size, rng, hflip)
 
 
 def load_image(path: Path, image_size: int) -> np.ndarray:
@@ -182,10 +199,17 @@ class _Augmented(torch.utils.data.Dataset):
     The epoch lives in shared memory, so set_epoch reaches DataLoader workers that were started
     earlier (persistent_workers=True) as long as it is called before iterating the loader."""
 
-    def __init__(self, labels, image_size: int, train: bool, seed: int) -> None:
+    def __init__(self, labels, image_size: int, train: bool, seed: int, hflip: float = 0.0) -> None:
         self.labels = [int(v) for v in labels]
         self.image_size, self.train, self.seed = int(image_size), bool(train), int(seed)
+        self.hflip = float(hflip)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def as_eval(self) -> "_Augmented":
+        """The same images with evaluation preprocessing (no crop, no flip)."""
+        view = copy.copy(self)
+        view.train = False
+        return view
 
     @property
     def epoch(self) -> int:
@@ -207,19 +231,21 @@ class _Augmented(torch.utils.data.Dataset):
 class ImageFileDataset(_Augmented):
     """Image files -> (uint8 [1, S, S], label)."""
 
-    def __init__(self, samples: list[tuple[Path, int]], image_size: int, train: bool, seed: int = 0) -> None:
-        super().__init__([label for _, label in samples], image_size, train, seed)
+    def __init__(self, samples: list[tuple[Path, int]], image_size: int, train: bool, seed: int = 0,
+                 hflip: float = 0.0) -> None:
+        super().__init__([label for _, label in samples], image_size, train, seed, hflip)
         self.paths = [Path(p) for p, _ in samples]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self._tensor(_decode(self.paths[index], self.image_size, self._rng(index)), index)
+        return self._tensor(_decode(self.paths[index], self.image_size, self._rng(index), self.hflip), index)
 
 
 class ArrayDataset(_Augmented):
     """In-memory uint8 (N, H, W) images -> (uint8 [1, S, S], label)."""
 
-    def __init__(self, images: np.ndarray, labels, image_size: int, train: bool, seed: int = 0) -> None:
-        super().__init__(labels, image_size, train, seed)
+    def __init__(self, images: np.ndarray, labels, image_size: int, train: bool, seed: int = 0,
+                 hflip: float = 0.0) -> None:
+        super().__init__(labels, image_size, train, seed, hflip)
         if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(self.labels):
             raise ValueError(f"need uint8 (N, H, W) images matching {len(self.labels)} labels, "
                              f"got {images.dtype} {images.shape}")
@@ -227,7 +253,7 @@ class ArrayDataset(_Augmented):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         im = Image.fromarray(self.images[index], "L")
-        return self._tensor(_finish(im, self.image_size, self._rng(index)), index)
+        return self._tensor(_finish(im, self.image_size, self._rng(index), self.hflip), index)
 
 
 @functools.lru_cache(maxsize=None)
@@ -294,6 +320,14 @@ def _read_config(data: dict) -> tuple[list[str], int, int]:
     return classes, classes.index(positive) if positive is not None else len(classes) - 1, size
 
 
+def _hflip(data: dict) -> float:
+    value = data.get("hflip", DEFAULT_HFLIP)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise DataError(f"data.hflip is {value!r}; it must be a probability between 0 and 1",
+                        f"fix data.hflip in {PROJECT_FILE} (0 turns mirroring off)")
+    return float(value)
+
+
 def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progress=None,
                  workers: int = 0, subset_per_class: int | None = None, seed: int = 0,
                  synthetic_signal: bool = True, known_bad: list[tuple[str, str]] | None = None) -> PreparedData:
@@ -303,6 +337,7 @@ def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progre
     is another process's check result (DDP ranks after rank 0): those images are dropped
     without decoding every image again."""
     classes, positive, size = _read_config(data)
+    hflip = _hflip(data)
     n = len(classes)
     if subset_per_class is not None and subset_per_class < 1:
         raise DataError(f"subset_per_class is {subset_per_class}; it must be at least 1 (or null for all)")
@@ -311,7 +346,9 @@ def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progre
         syn = data.get("synthetic") or {}
         per_class = {s: int(syn.get(s, d)) for s, d in zip(SPLITS, (120, 30, 30))}
         syn_seed = int(syn.get("seed", 0))
-        root = ensure_synthetic(Path(cache_dir), classes, per_class, size, syn_seed, synthetic_signal)
+        root = ensure_synthetic(Path(cache_dir), classes, per_class, size, syn_seed, synthetic_signal,
+                                source_size=syn.get("size"), image_format=str(syn.get("format", "png")),
+                                progress=progress, workers=workers)
         kind = "synthetic X-ray-like set" + ("" if synthetic_signal else " with labels independent of content")
         source = f"{kind} (built-in generator, seed {syn_seed}): {root}"
     else:
@@ -335,14 +372,14 @@ def prepare_data(data: dict, project_root: Path, cache_dir: Path, *, log, progre
         datasets = {}
         for split, (images, labels) in arrays.items():
             idx = cap(split, list(range(len(labels))), labels)
-            datasets[split] = ArrayDataset(images[idx], labels[idx], size, split == "train", seed)
+            datasets[split] = ArrayDataset(images[idx], labels[idx], size, split == "train", seed, hflip)
     else:
         samples, notes = scan_folder(root, classes, float(data.get("val_fraction", 0.1)), seed)
         samples = {s: cap(s, items, [k for _, k in items]) for s, items in samples.items()}
         if data.get("root") is not None:        # the synthetic set is ours: no need to check it
             skipped = _drop_bad(samples, float(data.get("max_bad_fraction", 0.01)), workers, progress, log,
                                 known_bad)
-        datasets = {s: ImageFileDataset(samples[s], size, s == "train", seed) for s in SPLITS}
+        datasets = {s: ImageFileDataset(samples[s], size, s == "train", seed, hflip) for s in SPLITS}
     if subset_per_class is not None:
         notes.append(f"prototyping subset: at most {subset_per_class} images per class in train "
                      "and val (test in full)")

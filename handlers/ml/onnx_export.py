@@ -63,6 +63,9 @@ def model_metadata(meta: dict, checkpoint_sha256: str) -> dict[str, str]:
         "normalization": "x = (pixel / 255 - mean) / std per channel",
         "output": "logits[batch, classes]; softmax gives probabilities",
         "synthetic_data": json.dumps(bool(meta.get("synthetic", False))),
+        # the decision rule training chose on the validation split (null: the largest logit)
+        "threshold": json.dumps(meta.get("threshold")),
+        "quality_warning": str(meta.get("quality_warning") or ""),
         "checkpoint_sha256": checkpoint_sha256,
     }.items()}
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from handlers.ml.arrays import softmax
-from handlers.ml.metrics import classification_metrics
+from handlers.ml.metrics import classification_metrics, predictions
 
 
 @dataclass
@@ -46,12 +46,16 @@ def parity_failure(agreement: Agreement, atol: float, min_agreement: float) -> s
     return "; ".join(problems) or None
 
 
-def scores(labels: np.ndarray, logits: np.ndarray, positive: int, reference: np.ndarray | None = None) -> dict:
-    """Accuracy, AUC and F1 of `logits` on the labels; with a reference model's logits, also
-    how often it predicts the same class and its largest probability difference."""
-    metrics = classification_metrics(labels, softmax(logits), positive)
+def scores(labels: np.ndarray, logits: np.ndarray, positive: int, reference: np.ndarray | None = None,
+           threshold: float | None = None) -> dict:
+    """Accuracy, AUC and F1 of `logits` on the labels, classes decided by the training's
+    threshold (binary) or the largest logit; with a reference model's logits, also how often
+    both decide the same class and the largest probability difference."""
+    probs = softmax(logits)
+    metrics = classification_metrics(labels, probs, positive, threshold)
     entry = {"accuracy": metrics["accuracy"], "auc": metrics["auc"], "f1": metrics["f1"]}
     if reference is not None:
         agreement = compare(reference, logits)
-        entry.update(agreement=agreement.top1_agreement, max_prob_diff=agreement.max_prob_diff)
+        same = predictions(softmax(reference), positive, threshold) == predictions(probs, positive, threshold)
+        entry.update(agreement=float(same.mean()), max_prob_diff=agreement.max_prob_diff)
     return entry

@@ -48,10 +48,21 @@ def describe_class(k: int) -> str:
     return text + (f", x{strength} strength" if strength > 1 else "")
 
 
-def _params(classes, per_class, image_size, seed, signal) -> dict:
-    return {"classes": list(classes), "per_class": {s: int(n) for s, n in per_class.items()},
-            "image_size": int(image_size), "seed": int(seed), "signal": bool(signal),
-            "generator_version": GENERATOR_VERSION}
+FORMATS = {"png": ".png", "jpeg": ".jpg"}
+JPEG_QUALITY = 90
+
+
+def _params(classes, per_class, image_size, seed, signal, source_size=None, image_format="png") -> dict:
+    if image_format not in FORMATS:
+        raise ValueError(f"synthetic format {image_format!r}: use one of {', '.join(FORMATS)}")
+    if source_size is not None and int(source_size) < 16:
+        raise ValueError(f"synthetic size {source_size}: at least 16 pixels")
+    params = {"classes": list(classes), "per_class": {s: int(n) for s, n in per_class.items()},
+              "image_size": int(image_size), "seed": int(seed), "signal": bool(signal),
+              "generator_version": GENERATOR_VERSION}
+    if source_size is not None or image_format != "png":     # older sets keep their hash
+        params.update(source_size=None if source_size is None else int(source_size), format=image_format)
+    return params
 
 
 def params_hash(params: dict) -> str:
@@ -75,10 +86,13 @@ def _ellipse(x, y, cx, cy, ax, ay, edge=0.15):
     return np.clip((1.0 - r) * (1.0 / edge), 0.0, 1.0)
 
 
-def render(rng: np.random.Generator, content: int, image_size: int) -> np.ndarray:
-    """One uint8 (H, W) image whose content shows class `content`."""
+def render(rng: np.random.Generator, content: int, image_size: int, exact_size: int | None = None) -> np.ndarray:
+    """One uint8 (H, W) image whose content shows class `content`: about image_size on each
+    side (varied by SIZE_RANGE), or exactly exact_size x exact_size (large-image sets)."""
     u = lambda lo, hi: float(rng.uniform(lo, hi))   # Python floats keep the arrays float32
     h, w = (int(round(u(*SIZE_RANGE) * image_size)) for _ in range(2))
+    if exact_size is not None:      # the draws above still happen: the content stays the same
+        h = w = int(exact_size)
     # Normalised coordinates in [-1, 1] along each axis (anatomy stretches with the aspect).
     y = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
     x = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
@@ -154,31 +168,79 @@ def _pattern(rng, k, x, y, left, right, ly, lax, lay, cx, lx) -> np.ndarray:
     return (strength * mask * pat).astype(np.float32)
 
 
-def _write_set(tmp: Path, params: dict) -> None:
-    classes, seed, size = params["classes"], params["seed"], params["image_size"]
+def _jobs(params: dict, tmp: Path) -> list[tuple]:
+    classes, seed = params["classes"], params["seed"]
+    suffix = FORMATS[params.get("format", "png")]
+    jobs = []
     for split, n in params["per_class"].items():
         tag = zlib.crc32(split.encode())          # stable across runs (unlike hash())
         for k, name in enumerate(classes):
-            folder = tmp / split / name
-            folder.mkdir(parents=True)
+            (tmp / split / name).mkdir(parents=True)
             for i in range(n):
-                rng = np.random.default_rng((seed, tag, k, i))
-                # The label-free set draws the content class from its own generator.
-                content = k if params["signal"] else int(
-                    np.random.default_rng((seed, tag, k, i, 1)).integers(len(classes)))
-                Image.fromarray(render(rng, content, size), "L").save(
-                    folder / f"{split}_{name.lower()}_{i:05d}.png", compress_level=1)
+                jobs.append((str(tmp / split / name / f"{split}_{name.lower()}_{i:05d}{suffix}"),
+                             (seed, tag, k, i), k, len(classes)))
+    return jobs
+
+
+def _write_one(job: tuple, params: dict) -> None:
+    path, key, k, n_classes = job
+    rng = np.random.default_rng(key)
+    # The label-free set draws the content class from its own generator.
+    content = k if params["signal"] else int(np.random.default_rng((*key, 1)).integers(n_classes))
+    image = Image.fromarray(render(rng, content, params["image_size"], params.get("source_size")), "L")
+    if path.endswith(".png"):
+        image.save(path, compress_level=1)
+    else:
+        image.save(path, quality=JPEG_QUALITY)
+
+
+def _write_chunk(args: tuple) -> int:
+    jobs, params = args
+    for job in jobs:
+        _write_one(job, params)
+    return len(jobs)
+
+
+def _write_set(tmp: Path, params: dict, progress=None, workers: int = 1) -> None:
+    jobs = _jobs(params, tmp)
+    big = params.get("source_size") and params["source_size"] > 256
+    with (progress(len(jobs), "generating synthetic images") if progress and big else _quiet()) as bar:
+        if workers <= 1 or len(jobs) < 64 or not big:
+            for job in jobs:
+                _write_one(job, params)
+            bar.advance(len(jobs))
+            return
+        import multiprocessing
+        chunks = [(jobs[i:i + 32], params) for i in range(0, len(jobs), 32)]
+        # spawn: the caller may hold torch's thread pools, which fork would copy half-locked
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for done in pool.imap_unordered(_write_chunk, chunks):
+                bar.advance(done)
+
+
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, n=1, **fields):
+        pass
 
 
 def generate(root: Path, classes: list[str], per_class: dict[str, int], image_size: int,
-             seed: int = 0, signal: bool = True) -> dict:
-    """Write the set to root/{split}/{CLASS}/*.png plus root/SYNTHETIC.json; returns the JSON.
+             seed: int = 0, signal: bool = True, source_size: int | None = None, image_format: str = "png",
+             progress=None, workers: int = 1) -> dict:
+    """Write the set to root/{split}/{CLASS}/*.png (or .jpg) plus root/SYNTHETIC.json; returns
+    the JSON. source_size makes every image exactly that size (e.g. 1024 x 1024 JPEGs, as
+    large as real chest X-rays), else images vary around image_size.
 
     Built in a hidden sibling folder and renamed into place, so a reader never sees half a
     set; when another process wins the rename with the same parameters, its set is used.
     """
     root = Path(root)
-    params = _params(classes, per_class, image_size, seed, signal)
+    params = _params(classes, per_class, image_size, seed, signal, source_size, image_format)
     meta = _read_meta(root)
     if _same_params(meta, params):
         return meta
@@ -196,7 +258,7 @@ def generate(root: Path, classes: list[str], per_class: dict[str, int], image_si
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_set(tmp, params)
+        _write_set(tmp, params, progress, workers)
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if root.exists():            # ours, from other parameters: move it aside first
             old = root.parent / f".{root.name}.old-{os.getpid()}"
@@ -215,10 +277,11 @@ def generate(root: Path, classes: list[str], per_class: dict[str, int], image_si
 
 
 def ensure_synthetic(cache_dir: Path, classes: list[str], per_class: dict[str, int],
-                     image_size: int, seed: int = 0, signal: bool = True) -> Path:
+                     image_size: int, seed: int = 0, signal: bool = True, source_size: int | None = None,
+                     image_format: str = "png", progress=None, workers: int = 1) -> Path:
     """The cached set for these parameters under cache_dir, generated when missing."""
-    params = _params(classes, per_class, image_size, seed, signal)
+    params = _params(classes, per_class, image_size, seed, signal, source_size, image_format)
     root = Path(cache_dir) / f"synthetic-{params_hash(params)}"
     if not _same_params(_read_meta(root), params):
-        generate(root, classes, per_class, image_size, seed, signal)
+        generate(root, classes, per_class, image_size, seed, signal, source_size, image_format, progress, workers)
     return root

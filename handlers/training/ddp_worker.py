@@ -23,7 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from atlas.atomic import write_atomically
 from atlas.handler import Progress
 from handlers.ml.device import place
-from handlers.ml.training import Dist, Reporter, TrainConfig, TrainStep, _loader, make_optimizer, to_placement
+from handlers.ml.batches import TorchBatches
+from handlers.ml.training import Dist, Reporter, TrainConfig, TrainStep, make_optimizer, to_placement
+from handlers.training.loaders import choose_loader
 from handlers.training.params import TrainParams
 
 
@@ -54,48 +56,54 @@ def backend_for(device: torch.device, requested: str) -> str:
 CACHED_BATCHES = 8
 
 
-def _cached_batches(loader, sampler, placement, n: int) -> list:
-    """A few real batches kept on the device: the timing then measures the model and the
-    gradient all-reduce, which is what DDP scaling is about, not how fast CPUs decode."""
+def _cached_batches(source, n: int) -> list:
+    """A few real batches kept on the device, preprocessed: the timing then measures the
+    model and the gradient all-reduce, which is what DDP scaling is about, not decoding."""
     batches = []
-    sampler.set_epoch(0)
+    source.set_epoch(0)
     while len(batches) < n:
-        for images, labels in loader:
-            batches.append((images.to(placement.device), labels.to(placement.device)))
+        for x, y in source:
+            batches.append((x, y))
             if len(batches) == n:
                 break
     return batches
 
 
-def measure_throughput(cfg: dict, params: TrainParams, run_dist: Dist, placement, model, data, log) -> dict:
+def measure_throughput(cfg: dict, params: TrainParams, run_dist: Dist, placement, model, data, log,
+                       processes_per_node: int = 1) -> dict:
     """Images/s over all ranks for `steps` optimisation steps after `warmup` steps, with a
     fixed per-process batch (weak scaling: N processes do N times the work per step). The
-    feed is "cached" (batches on the device) or "loader" (the DataLoader, decoding files)."""
-    from torch.utils.data import DistributedSampler
+    feed is "cached" (batches on the device) or "loader" (the step's loader: the DataLoader
+    decoding on CPU workers, or DALI decoding on the GPU, each rank reading its own shard).
+    Whole batches only: a short last batch is a new shape, and cuDNN autotuning it inside
+    the timed window would be counted as slowness."""
     per_process = cfg["per_process_batch"]
     train = data.datasets["train"]
-    sampler = DistributedSampler(train, num_replicas=run_dist.world, rank=run_dist.rank, shuffle=True,
-                                 seed=params.seed)
-    # whole batches only: a short last batch is a new shape, and cuDNN autotuning it inside
-    # the timed window would be counted as slowness
-    loader = _loader(train, per_process, placement, sampler=sampler, drop_last=True)
+    feed = cfg.get("feed", "cached")
+    loader = choose_loader(params.loader, placement, processes_per_node) if feed == "loader" else None
+    if loader is not None and loader.factory is not None:
+        source = loader.factory(train, per_process, run_dist, params.seed)
+    else:
+        source = TorchBatches(train, per_process, placement, train=True, rank=run_dist.rank, world=run_dist.world,
+                              seed=params.seed, drop_last=True)
     model = to_placement(model, placement)
     net = DistributedDataParallel(model, device_ids=[placement.device.index] if placement.is_cuda else None)
     optimizer, _ = make_optimizer(model, TrainConfig(lr=params.lr, schedule="constant"), 1)
     step = TrainStep(net, optimizer, torch.nn.CrossEntropyLoss(), placement)
     warmup, steps = cfg["warmup_steps"], cfg["steps"]
-    feed = cfg.get("feed", "cached")
-    cached = _cached_batches(loader, sampler, placement, CACHED_BATCHES) if feed == "cached" else None
+    cached = _cached_batches(source, CACHED_BATCHES) if feed == "cached" else None
     done, epoch, started = 0, 0, None
     while done < warmup + steps:
-        sampler.set_epoch(epoch)
-        for images, labels in cached or loader:
+        source.set_epoch(epoch)
+        for x, y in cached or source:
+            if len(y) != per_process:
+                continue                 # whole batches only (see above)
             if done == warmup:
                 if placement.is_cuda:
                     torch.cuda.synchronize(placement.device)
                 dist.barrier()
                 started = time.perf_counter()
-            step(images, labels)
+            step(x, y)
             done += 1
             if done >= warmup + steps:
                 break
@@ -106,7 +114,8 @@ def measure_throughput(cfg: dict, params: TrainParams, run_dist: Dist, placement
     seconds = time.perf_counter() - started
     images = steps * per_process * run_dist.world
     return {"processes": run_dist.world, "per_process_batch": per_process, "steps": steps, "feed": feed,
-            "seconds": seconds, "images_per_s": images / seconds, "device": placement.describe()}
+            "loader": source.name if feed == "loader" else "cached", "seconds": seconds,
+            "images_per_s": images / seconds, "device": placement.describe()}
 
 
 def main(config_path: str) -> int:
@@ -158,14 +167,16 @@ def _run(cfg, params, run_dist: Dist, placement, backend: str, log) -> int:
         choice = params.model_choice(project)
         seed_everything(params.seed)
         built = build_model(choice["arch"], len(data.classes), choice["weights"], choice["freeze_until"], root, log)
-        result = measure_throughput(cfg, params, run_dist, placement, built.model, data, log)
+        result = measure_throughput(cfg, params, run_dist, placement, built.model, data, log,
+                                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     else:
         def wrap(model):
             if cfg.get("sync_bn"):
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             return DistributedDataParallel(model, device_ids=[placement.device.index] if placement.is_cuda else None)
         run = run_training(params, project, root, Path(cfg["checkpoint"]), reporter, dist=run_dist, wrap=wrap,
-                           data=data, placement=placement)
+                           data=data, placement=placement,
+                           processes_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         result = run.summary() if run_dist.is_main else {}
     if run_dist.is_main:
         _write_json(cfg["result"], {**result, "backend": backend, "world": run_dist.world})

@@ -9,6 +9,12 @@ from pydantic import Field
 from atlas.handler import Params
 
 
+# A GPU runs a few hundred steps of ResNet-50 in seconds, and a model trained from random
+# initialisation needs them (24 steps ended as a constant classifier on an H200). The CPU
+# quick-start keeps its `epochs` budget, which already trains at 96 px.
+GPU_MIN_STEPS = 300
+
+
 class TrainParams(Params):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when available, else cpu (with a finding)")
     arch: str | None = Field(None, description="torchvision architecture; default: the project's model.arch")
@@ -36,6 +42,22 @@ class TrainParams(Params):
     seed: int = 0
     subset_per_class: int | None = Field(None, ge=1, description="cap train/val images per class (prototyping)")
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    min_steps: Literal["auto"] | int = Field("auto", description="optimizer steps the run holds at least (epochs "
+                                             "are raised to reach them) before early stopping may end it; "
+                                             f"auto = {GPU_MIN_STEPS} on a GPU, none on the CPU")
+    min_epochs: int = Field(3, ge=1, description="epochs before early stopping may end the run")
+    bn_recalibration_images: int = Field(256, ge=0, description="before each evaluation, batch-norm statistics "
+                                         "are recomputed over this many training images (0 = off)")
+    choose_threshold: bool = Field(True, description="fit the decision threshold on the validation split "
+                                                     "(binary tasks) instead of assuming 0.5")
+    loader: Literal["auto", "dataloader", "dali"] = Field(
+        "auto", description="what decodes the training images: auto = DALI when the step runs on a GPU and "
+                            "DALI imports, else PyTorch's DataLoader")
+
+    def resolved_min_steps(self, on_gpu: bool) -> int:
+        if self.min_steps != "auto":
+            return int(self.min_steps)
+        return GPU_MIN_STEPS if on_gpu else 0
 
     def model_choice(self, project: dict) -> dict:
         """arch / weights / freeze_until: these params over the project's model defaults."""

@@ -17,8 +17,8 @@ from handlers.ml.device import Placement, place
 from handlers.ml.models import BuiltModel, build_model
 from handlers.ml.synthetic import SYNTHETIC_LABEL, synthetic_tag
 from handlers.ml.training import Dist, FitResult, Reporter, TrainConfig, fit
+from handlers.training.loaders import choose_loader
 from handlers.training.params import TrainParams
-
 
 
 def seed_everything(seed: int) -> None:
@@ -27,9 +27,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_config(params: TrainParams) -> TrainConfig:
+def train_config(params: TrainParams, on_gpu: bool) -> TrainConfig:
     fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in params.model_dump().items() if k in fields})
+    values = {k: v for k, v in params.model_dump().items() if k in fields}
+    values["min_steps"] = params.resolved_min_steps(on_gpu)
+    return TrainConfig(**values)
 
 
 def cache_dir(project_root: Path) -> Path:
@@ -67,9 +69,11 @@ class TrainingRun:
     def headline(self) -> str:
         t = self.fit.test
         tag = synthetic_tag(self.data.synthetic)
-        return (f"{self.built.arch}: best epoch {self.fit.best_epoch}/{len(self.fit.history)}, test accuracy "
+        at = "" if self.fit.threshold is None else f" at threshold {self.fit.threshold:.3f}"
+        return (f"{self.built.arch}: best epoch {self.fit.best_epoch}/{len(self.fit.history)} "
+                f"({self.fit.optimizer_steps} steps, {self.fit.loader}), test accuracy "
                 f"{t.get('accuracy', float('nan')):.3f}, AUC {t.get('auc', float('nan')):.3f}, "
-                f"F1 {t.get('f1', float('nan')):.3f}{tag}")
+                f"F1 {t.get('f1', float('nan')):.3f}{at}{tag}")
 
 
 def run_training(params: TrainParams, project: dict, project_root: Path, checkpoint: Path,
@@ -80,6 +84,7 @@ def run_training(params: TrainParams, project: dict, project_root: Path, checkpo
     placement = placement or place(params.device, params.amp, params.channels_last, params.workers,
                                    dist.local_rank, processes_per_node)
     data = data or load_data(params, project, project_root, reporter, placement, synthetic_signal)
+    loader = choose_loader(params.loader, placement, processes_per_node)
     choice = params.model_choice(project)
     seed_everything(params.seed)     # the same initial head on every rank and every run
     built = build_model(choice["arch"], len(data.classes), choice["weights"], choice["freeze_until"],
@@ -92,9 +97,13 @@ def run_training(params: TrainParams, project: dict, project_root: Path, checkpo
     reporter.log.info("training %s (%s weights, %d of %d parameters trainable) on %s; data: %s",
                       built.arch, built.weights.used, built.trainable_params, built.total_params,
                       placement.describe(), data.source)
-    result = fit(built.model, data.datasets, len(data.classes), data.positive, train_config(params),
-                 placement, checkpoint, meta, reporter, dist, wrap)
-    return TrainingRun(data, built, placement, result, _findings(data, built, placement, result, choice))
+    result = fit(built.model, data.datasets, len(data.classes), data.positive,
+                 train_config(params, placement.is_cuda), placement, checkpoint, meta, reporter, dist, wrap,
+                 loader.factory)
+    findings = _findings(data, built, placement, result, choice)
+    if loader.note:
+        findings.append(loader.note)
+    return TrainingRun(data, built, placement, result, findings)
 
 
 def _findings(data: PreparedData, built: BuiltModel, placement: Placement, result: FitResult,
@@ -103,6 +112,13 @@ def _findings(data: PreparedData, built: BuiltModel, placement: Placement, resul
     if data.synthetic:
         findings.append(f"{SYNTHETIC_LABEL}: trained and scored on the built-in synthetic set, not on X-rays; "
                         f"set data.root in tasks/project.yaml for real results")
+    if result.quality:
+        findings.append(result.quality)
+    if result.threshold is not None:
+        v = result.threshold_validation
+        findings.append(f"operating threshold {result.threshold:.3f} on the {data.classes[data.positive]} probability, "
+                        f"chosen on the validation split (sensitivity {v['sensitivity']:.3f}, specificity "
+                        f"{v['specificity']:.3f}); test accuracy {result.test_argmax['accuracy']:.3f} at 0.5")
     if placement.note:
         findings.append(placement.note)
     if built.weights.note:
