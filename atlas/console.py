@@ -26,8 +26,10 @@ def _fmt_duration(seconds: float | None) -> str:
 
 
 class RunDisplay:
-    def __init__(self, out: IO[str] | None = None, verbose: bool = False, tty: bool | None = None) -> None:
+    def __init__(self, out: IO[str] | None = None, verbose: bool = False, tty: bool | None = None,
+                 clock=time.monotonic) -> None:
         self.out = out or sys.stdout
+        self._clock = clock          # for the plain-line throttle; tests pass a scripted one
         self.err = sys.stderr
         self.verbose = verbose
         self.tty = self.err.isatty() if tty is None else tty
@@ -93,7 +95,7 @@ class RunDisplay:
                     self._bars[key] = self._progress.add_task(label, total=total)
                 self._progress.update(self._bars[key], completed=done, description=label)
             return
-        now = time.monotonic()
+        now = self._clock()
         finished = total is not None and done >= total
         if finished or now - self._last_plain.get(key, 0.0) >= PLAIN_PROGRESS_EVERY_S:
             self._last_plain[key] = now

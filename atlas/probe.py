@@ -24,7 +24,8 @@ CAPABILITIES: dict[str, tuple[str, str]] = {
     "torchvision": ("torchvision not installed", "pip install torch torchvision"),
     "onnx": ("onnx not installed", "pip install onnx (or pip install 'atlas-runner[onnx]')"),
     "onnxruntime": ("ONNX Runtime not installed", "pip install onnxruntime (or onnxruntime-gpu)"),
-    "tensorrt": ("TensorRT not installed", "pip install tensorrt (NVIDIA's wheels), or put trtexec on PATH"),
+    "tensorrt": ("TensorRT not installed", "pip install 'atlas-runner[tensorrt-rtx]' (TensorRT for RTX builds without "
+                 "a GPU), or tensorrt-cu13 on a data-centre GPU, or put trtexec on PATH"),
     "trtexec": ("trtexec not on PATH", "install TensorRT and add its bin/ folder to PATH"),
     "dali": ("NVIDIA DALI not installed", "pip install nvidia-dali-cuda130 (or -cuda120 for CUDA 12)"),
     "cupy": ("CuPy not installed", "pip install cupy-cuda13x (or cupy-cuda12x for CUDA 12)"),
@@ -40,6 +41,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx",),
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"),
+    "tensorrt_rtx": ("tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt-rtx"),
     "nvidia.dali": ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
     "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
     "pycuda": ("pycuda",),
@@ -118,8 +120,8 @@ class Probe:
             return self.trtexec is not None
         if capability == "nvcc":
             return self.nvcc is not None
-        if capability == "tensorrt":
-            return self.packages.get("tensorrt") is not None or self.trtexec is not None
+        if capability == "tensorrt":     # any builder: full TensorRT, TensorRT for RTX, or trtexec
+            return any(self.packages.get(p) is not None for p in ("tensorrt", "tensorrt_rtx")) or self.trtexec is not None
         return self.packages.get(_CAPABILITY_PACKAGE[capability]) is not None
 
     def capabilities(self) -> set[str]:
@@ -142,7 +144,7 @@ class Probe:
         return {"gpus": sorted({g.name for g in self.gpus}), "driver": self.driver,
                 "cuda_driver": self.cuda_driver, "torch": self.packages.get("torch"),
                 "torch_cuda": self.torch_cuda, "cudnn": self.cudnn,
-                "tensorrt": self.packages.get("tensorrt")}
+                "tensorrt": self.packages.get("tensorrt"), "tensorrt_rtx": self.packages.get("tensorrt_rtx")}
 
     def as_dict(self) -> dict:
         data = asdict(self)

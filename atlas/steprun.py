@@ -31,6 +31,7 @@ class GpuPool:
     def __init__(self, gpus: list[int], assign: bool) -> None:
         self.all, self.free, self.assign = list(gpus), list(gpus), assign
         self.cond = threading.Condition()
+        self.waiting = 0              # acquirers blocked for want of free GPUs (observable by tests)
 
     def acquire(self, want: int | str) -> list[int] | None:
         """GPU indices for the step; None means: leave CUDA_VISIBLE_DEVICES alone."""
@@ -38,7 +39,11 @@ class GpuPool:
             return None
         count = len(self.all) if want == "all" else min(int(want), len(self.all))
         with self.cond:
-            self.cond.wait_for(lambda: len(self.free) >= count)
+            while len(self.free) < count:
+                self.waiting += 1
+                self.cond.notify_all()        # lets an observer see the new waiter
+                self.cond.wait()
+                self.waiting -= 1
             taken, self.free = self.free[:count], self.free[count:]
             return taken
 

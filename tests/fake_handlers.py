@@ -91,11 +91,12 @@ class Flaky(Handler):
 
 
 class NeedsTensorRT(Handler):
+    """Needs a capability no test machine has (TensorFlow): a step the planner must skip."""
     name = "needs_trt"
-    requires = ("tensorrt",)
+    requires = ("tensorflow",)
     outputs = ("engine.bin",)
 
-    def run(self, ctx: Context) -> Result:  # only reached where TensorRT exists
+    def run(self, ctx: Context) -> Result:  # only reached where TensorFlow exists
         return Result.succeeded("ran")
 
 

@@ -186,8 +186,21 @@ def builder_module(recorder: Recorder, *, version: str = "10.13.0", inputs: tupl
             "parse_from_file": lambda model: not parse_errors, "num_errors": len(parse_errors),
             "get_error": lambda index: make_error(parse_errors[index])})
 
+    data_type = enum("DataType", recorder, *DATA_TYPES)
+    layer_type = enum("LayerType", recorder, "CONVOLUTION", "ACTIVATION", "QUANTIZE", "DEQUANTIZE")
+    # (name, type, output data type): a conv + relu pair after a Q/DQ pair, as a parsed INT8 model has
+    layer_specs = (("q", "QUANTIZE", "INT8"), ("dq", "DEQUANTIZE", "FLOAT"), ("conv", "CONVOLUTION", "FLOAT"),
+                   ("relu", "ACTIVATION", "FLOAT"))
+
+    def make_layer(index: int) -> Fake:
+        name, kind, dtype = layer_specs[index]
+        output = Fake("ITensor", recorder, {"dtype": getattr(data_type, dtype)})
+        return Fake("ILayer", recorder, {"name": name, "type": getattr(layer_type, kind), "num_outputs": 1,
+                                         "get_output": lambda j: output})
+
     network = Fake("INetworkDefinition", recorder, {
-        "num_inputs": len(inputs), "get_input": lambda index: Fake("ITensor", recorder, {"name": inputs[index]})})
+        "num_inputs": len(inputs), "get_input": lambda index: Fake("ITensor", recorder, {"name": inputs[index]}),
+        "num_layers": len(layer_specs), "get_layer": make_layer})
     config = Fake("IBuilderConfig", recorder, {
         "set_memory_pool_limit": lambda pool, pool_size: None, "set_flag": lambda flag: None,
         "add_optimization_profile": lambda profile: 0, "create_timing_cache": make_cache,
@@ -204,6 +217,7 @@ def builder_module(recorder: Recorder, *, version: str = "10.13.0", inputs: tupl
         "NetworkDefinitionCreationFlag": enum("NetworkDefinitionCreationFlag", recorder, "EXPLICIT_BATCH",
                                               "STRONGLY_TYPED"),
         "BuilderFlag": enum("BuilderFlag", recorder, *flags),
+        "ProfilingVerbosity": enum("ProfilingVerbosity", recorder, "LAYER_NAMES_ONLY", "NONE", "DETAILED"),
         "MemoryPoolType": enum("MemoryPoolType", recorder, "WORKSPACE", "DLA_MANAGED_SRAM")})
     recorder.clear()
     return module

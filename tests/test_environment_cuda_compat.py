@@ -310,3 +310,23 @@ def test_finding_str_carries_level_and_fix():
     finding = cc.Finding("problem", "broken.", "fix it.")
     assert str(finding) == "problem: broken. Fix: fix it."
     assert str(cc.Finding("ok", "fine.")) == "ok: fine."
+
+
+# ------------------------------------------------------------------ which TensorRT
+
+@pytest.mark.parametrize("gpus, driver_cuda, family, package", [
+    ([("NVIDIA GeForce RTX 3060", "8.6")], "13.0", "tensorrt-rtx", "tensorrt-rtx-cu13"),
+    ([("NVIDIA GeForce RTX 4090", "8.9")], "12.8", "tensorrt-rtx", "tensorrt-rtx-cu12"),
+    ([("NVIDIA RTX PRO 6000 Blackwell", "12.0")], "13.0", "tensorrt-rtx", "tensorrt-rtx-cu13"),
+    ([("NVIDIA H200", "9.0")], "13.0", "tensorrt", "tensorrt-cu13"),
+    ([("NVIDIA A100-SXM4-80GB", "8.0")], "12.4", "tensorrt", "tensorrt-cu12"),
+    ([("NVIDIA L4", "8.9")], "13.0", "tensorrt", "tensorrt-cu13"),                  # data-centre Ada
+    ([("NVIDIA GeForce RTX 2080", "7.5")], "13.0", "tensorrt", "tensorrt-cu13"),    # Turing: not in TRT-RTX 1.7
+    ([("NVIDIA GeForce RTX 4090", "8.9"), ("NVIDIA H100", "9.0")], "13.0", "tensorrt", "tensorrt-cu13"),
+    ([], None, "tensorrt-rtx", "tensorrt-rtx-cu13"),
+])
+def test_tensorrt_follows_the_gpu_class(gpus, driver_cuda, family, package):
+    from handlers.environment.tensorrt_choice import choose_tensorrt
+    choice = choose_tensorrt(gpus, driver_cuda)
+    assert (choice.family, choice.package) == (family, package)
+    assert choice.reason

@@ -110,7 +110,11 @@ def test_users_windows_machine_gets_cu130_and_the_toolkit_explained(tmp_path, mo
     assert any("PyTorch stopped publishing cu118 builds after 2.7" in f for f in result.findings)
     out = tmp_path / "out"
     ps1 = (out / "install_windows.ps1").read_text()
-    assert ps1.splitlines()[7] == "param([switch]$Recreate)"
+    assert ps1.splitlines()[8] == "param([switch]$Recreate, [switch]$TensorRT)"
+    # an RTX card: TensorRT for RTX, for the driver's CUDA 13, offered by both scripts
+    assert "Invoke-Checked $Py @('-m', 'uv', 'pip', 'install', '--python', $Py, 'tensorrt-rtx-cu13')" in ps1
+    assert any(f.startswith("info: TensorRT: tensorrt-rtx-cu13 (NVIDIA GeForce RTX 3060 (8.6): RTX-class")
+               for f in result.findings)
     assert "$ErrorActionPreference = 'Stop'" in ps1
     assert "Invoke-Checked 'py' @('-3.12', '-m', 'venv', $Venv)" in ps1
     assert "$Py = '.\\gpu_env\\Scripts\\python.exe'" in ps1
@@ -119,6 +123,8 @@ def test_users_windows_machine_gets_cu130_and_the_toolkit_explained(tmp_path, mo
     assert "$ExpectedCuda = '13.0'" in ps1
     sh = (out / "install_linux.sh").read_text()
     assert '"$PY" -m uv pip install --python "$PY" torch torchvision --torch-backend=cu130' in sh
+    assert '"$PY" -m uv pip install --python "$PY" tensorrt-rtx-cu13' in sh
+    assert json.loads((out / "report.json").read_text())["tensorrt"]["family"] == "tensorrt-rtx"
     setup = (out / "SETUP.md").read_text()
     assert setup.startswith("# GPU set-up: PyTorch `cu130`")
     assert "| GPU 0 | NVIDIA GeForce RTX 3060, 12288 MiB, compute capability 8.6 |" in setup

@@ -14,6 +14,7 @@ from atlas.handler import Context
 from handlers.inference.trt.profile import batch_profile, build_settings, write_profile
 from handlers.inference.trt.record import find_engines
 from handlers.inference.engine_build import TrtEngine, TrtEngineParams, timing_cache_path
+from handlers.inference.trt.choose import Found
 from fake_trtexec import WRITE_ENGINE, fake_trtexec
 
 ONNX = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8_qdq.onnx"}
@@ -33,18 +34,41 @@ def context(tmp_path, **params):
 
 
 def logging_trtexec(tmp_path, version: str):
-    """The double, reporting `version`, and appending each command line to calls.txt."""
+    """The double of TensorRT `version`'s major, appending each command line to calls.txt."""
     body = f'echo "$@" >> {shlex.quote(str(tmp_path / "calls.txt"))}\n' + WRITE_ENGINE
-    tool = Path(fake_trtexec(tmp_path, body))
-    tool.write_text(tool.read_text().replace("v101300", version))
-    return str(tool)
+    return fake_trtexec(tmp_path, body, major="11" if version.startswith("v11") else "10")
+
+
+class _FakeCuda:
+    """torch.cuda as it looks on an H100, for gpu_identity to read."""
+    @staticmethod
+    def is_available():
+        return True
+
+    @staticmethod
+    def get_device_name(index=0):
+        return "NVIDIA H100 80GB HBM3"
+
+    @staticmethod
+    def get_device_capability(index=0):
+        return (9, 0)
 
 
 def test_without_tensorrt_or_trtexec_the_step_is_skipped_with_the_hint(tmp_path, monkeypatch):
-    monkeypatch.setattr("handlers.inference.trt.choose.detect", lambda: (False, None))
+    monkeypatch.setattr("handlers.inference.trt.choose.detect", lambda: Found())
     result = TrtEngine().run(context(tmp_path))
     assert result.status == "skipped" and "TensorRT not installed" in result.message
-    assert "trtexec" in result.hint
+    assert "tensorrt-rtx" in result.hint and "tensorrt-cu13" in result.hint
+
+
+def test_trtexec_without_a_gpu_is_skipped_saying_it_builds_on_the_gpu(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr("handlers.inference.trt.choose.detect", lambda: Found(trtexec="/usr/bin/trtexec"))
+    result = TrtEngine().run(context(tmp_path))
+    assert result.status == "skipped" and result.message.startswith("no CUDA device: full TensorRT and trtexec")
+    assert "tensorrt-rtx" in result.hint
 
 
 @pytest.mark.parametrize("version, expected", [
@@ -54,10 +78,10 @@ def test_without_tensorrt_or_trtexec_the_step_is_skipped_with_the_hint(tmp_path,
                  "int8": ("model_int8_qdq.onnx", ["--stronglyTyped"])}),
 ])
 def test_trtexec_fallback_builds_each_precision_from_the_right_model(tmp_path, monkeypatch, version, expected):
+    torch = pytest.importorskip("torch")
     tool = logging_trtexec(tmp_path, version)
-    monkeypatch.setattr("handlers.inference.trt.choose.detect", lambda: (False, tool))
-    monkeypatch.setattr("handlers.inference.trt.builder.gpu_identity",    # as torch would report an H100
-                        lambda gpu=None, cc=None: (gpu or "NVIDIA H100 80GB HBM3", cc or "9.0"))
+    monkeypatch.setattr("handlers.inference.trt.choose.detect", lambda: Found(trtexec=tool))
+    monkeypatch.setattr(torch, "cuda", _FakeCuda)      # gpu_identity reads the GPU from torch, as on an H100
     result = TrtEngine().run(context(tmp_path, workspace_gb=2))
     assert result.status == "succeeded", (result.message, result.hint)
     assert "(trtexec) on NVIDIA H100 80GB HBM3 (sm 9.0)" in result.message

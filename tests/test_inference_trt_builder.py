@@ -14,7 +14,7 @@ from fake_trt import ParserFailure, Recorder, builder_module
 from fake_trtexec import WRITE_ENGINE, fake_trtexec
 from atlas.fingerprint import file_sha256
 from handlers.inference.trt.builder import build_engine
-from handlers.inference.trt.choose import INSTALL_HINT, NOT_INSTALLED, choose_builder, detect
+from handlers.inference.trt.choose import INSTALL_HINT, NOT_INSTALLED, Found, choose_builder, detect
 from handlers.inference.trt.errors import TrtError
 from handlers.inference.trt.profile import PRECISIONS, batch_profile, build_settings, settings_for
 from handlers.inference.trt.record import EngineRecord, engine_name, find_engines, record_name
@@ -50,28 +50,44 @@ def build(models, version: str, precision: str, recorder: Recorder | None = None
 
 # ----------------------------------------------------------------------------- choose_builder
 
-def test_choose_prefers_the_python_api():
-    builder, reason, hint = choose_builder(True, "/usr/bin/trtexec")
-    assert builder == "python-api" and "tensorrt Python package" in reason and hint == ""
+def test_choose_prefers_full_tensorrt_on_a_gpu():
+    builder, reason, hint = choose_builder(Found(True, True, "/usr/bin/trtexec"), has_gpu=True)
+    assert builder == "tensorrt" and "tensorrt Python package" in reason and hint == ""
 
 
-def test_choose_falls_back_to_trtexec():
-    builder, reason, _ = choose_builder(False, "/opt/trt/bin/trtexec")
+def test_choose_takes_tensorrt_for_rtx_without_a_gpu():
+    builder, reason, _ = choose_builder(Found(True, True, "/usr/bin/trtexec"), has_gpu=False)
+    assert builder == "tensorrt-rtx"
+    assert "full TensorRT needs a GPU to build" in reason and "builds ahead of time on the CPU" in reason
+    assert choose_builder(Found(tensorrt_rtx=True), has_gpu=True)[0] == "tensorrt-rtx"
+
+
+def test_choose_falls_back_to_trtexec_on_a_gpu_only():
+    builder, reason, _ = choose_builder(Found(trtexec="/opt/trt/bin/trtexec"), has_gpu=True)
     assert builder == "trtexec" and "/opt/trt/bin/trtexec" in reason
+    builder, reason, hint = choose_builder(Found(trtexec="/opt/trt/bin/trtexec"), has_gpu=False)
+    assert builder is None and reason.startswith("no CUDA device") and "tensorrt-rtx" in hint
 
 
 def test_choose_says_tensorrt_is_not_installed():
-    builder, reason, hint = choose_builder(False, None)
-    assert builder is None and reason == NOT_INSTALLED == \
-        "TensorRT not installed: neither the tensorrt Python package nor trtexec was found"
-    assert hint == INSTALL_HINT and "pip install tensorrt-cu13" in hint and "PATH" in hint
+    builder, reason, hint = choose_builder(Found(), has_gpu=True)
+    assert builder is None and reason == NOT_INSTALLED
+    assert "tensorrt_rtx" in reason and "trtexec" in reason
+    assert hint == INSTALL_HINT and "atlas-runner[tensorrt-rtx]" in hint and "tensorrt-cu13" in hint
 
 
-@pytest.mark.parametrize("has_api, trtexec, prefer, expected", [
-    (True, "/bin/trtexec", "trtexec", "trtexec"), (True, None, "python-api", "python-api"),
-    (False, "/bin/trtexec", "python-api", None), (True, None, "trtexec", None), (True, None, "tensorflow", None)])
-def test_choose_forced_builders(has_api, trtexec, prefer, expected):
-    builder, reason, hint = choose_builder(has_api, trtexec, prefer)
+@pytest.mark.parametrize("found, prefer, gpu, expected", [
+    (Found(True, False, "/bin/trtexec"), "trtexec", True, "trtexec"),
+    (Found(True), "tensorrt", True, "tensorrt"),
+    (Found(True), "python-api", True, "tensorrt"),          # the older name
+    (Found(True), "tensorrt", False, None),                  # full TensorRT builds on the GPU
+    (Found(tensorrt_rtx=True), "tensorrt-rtx", False, "tensorrt-rtx"),
+    (Found(trtexec="/bin/trtexec"), "tensorrt-rtx", True, None),
+    (Found(True), "trtexec", True, None),
+    (Found(trtexec="/bin/trtexec"), "trtexec", False, None),
+    (Found(True), "tensorflow", True, None)])
+def test_choose_forced_builders(found, prefer, gpu, expected):
+    builder, reason, hint = choose_builder(found, prefer, has_gpu=gpu)
     assert builder == expected
     if expected is None:
         assert reason and hint
@@ -79,11 +95,11 @@ def test_choose_forced_builders(has_api, trtexec, prefer, expected):
         assert "asked for" in reason
 
 
-def test_forcing_a_missing_builder_points_at_the_other():
-    _, reason, hint = choose_builder(False, "/bin/trtexec", "python-api")
-    assert "not installed" in reason and "trtexec is here" in hint
-    _, reason, hint = choose_builder(True, None, "trtexec")
-    assert "not on PATH" in reason and "Python API is here" in hint
+def test_forcing_a_missing_builder_says_how_to_get_it():
+    _, reason, hint = choose_builder(Found(trtexec="/bin/trtexec"), "tensorrt-rtx")
+    assert "tensorrt_rtx is not installed" in reason and "atlas-runner[tensorrt-rtx]" in hint
+    _, reason, hint = choose_builder(Found(True), "trtexec")
+    assert "not on PATH" in reason
 
 
 def test_detect_looks_without_importing(monkeypatch, tmp_path):
@@ -91,11 +107,12 @@ def test_detect_looks_without_importing(monkeypatch, tmp_path):
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    imported_before = "tensorrt" in sys.modules
-    has_api, trtexec = detect()
-    assert trtexec == str(tool)
-    assert has_api == (importlib.util.find_spec("tensorrt") is not None)
-    assert ("tensorrt" in sys.modules) == imported_before
+    imported_before = {m for m in ("tensorrt", "tensorrt_rtx") if m in sys.modules}
+    found = detect()
+    assert found.trtexec == str(tool)
+    assert found.tensorrt == (importlib.util.find_spec("tensorrt") is not None)
+    assert found.tensorrt_rtx == (importlib.util.find_spec("tensorrt_rtx") is not None)
+    assert {m for m in ("tensorrt", "tensorrt_rtx") if m in sys.modules} == imported_before
 
 
 # ------------------------------------------------------------------------------------ records
@@ -211,15 +228,28 @@ def test_build_applies_workspace_and_profile_and_writes_engine_and_record_facts(
     assert rec.builder == "python-api" and rec.precision == "fp32"
     assert rec.gpu == "Fake GPU" and rec.compute_capability == "9.0"
     assert rec.onnx_sha256 == file_sha256(models / "model.onnx")
-    assert rec.profile["max"] == [16, 3, 8, 8] and rec.build_seconds >= 0
+    assert rec.profile["max"] == [16, 3, 8, 8]
     assert [p.name for p in (models / "engines").iterdir()] == ["model_fp32.engine"]
+    assert rec.family == "tensorrt" and rec.target_compute_capabilities == ["9.0"]
+    assert rec.layers["count"] == 4 and rec.layers["layers"][0] == {"name": "q", "type": "QUANTIZE", "outputs": ["INT8"]}
+    assert rec.layers["by_type_and_output"]["CONVOLUTION:FLOAT"] == 1
+
+
+def test_build_seconds_is_the_span_of_the_build_call_alone(models, monkeypatch):
+    """The clock is read just before and just after build_serialized_network."""
+    import handlers.inference.trt.builder as builder
+    ticks = iter([100.0, 102.5])
+    real = builder.time.perf_counter
+    monkeypatch.setattr(builder.time, "perf_counter", lambda: next(ticks, real()))
+    rec, calls = build(models, "10.13.0", "fp32")
+    assert rec.build_seconds == 2.5
 
 
 def test_timing_cache_is_written_then_reused(models):
     cache = models / "cache" / "timing.cache"
     first, calls = build(models, "10.13.0", "fp32")
     assert calls.args_of("IBuilderConfig", "create_timing_cache") == [(b"",)]
-    assert first.timing_cache == {"path": str(cache), "reused": False}
+    assert first.timing_cache == {"path": str(cache), "reused": False}   # built without a cache to reuse
     assert cache.read_bytes() == b"tactics;"
 
     second, calls = build(models, "10.13.0", "fp16")
@@ -241,7 +271,7 @@ def test_parser_errors_are_listed_with_node_and_description(models):
     with pytest.raises(TrtError) as caught:
         build(models, "10.13.0", "fp32", parse_errors=failures)
     message = caught.value.message
-    assert message.startswith("TensorRT could not parse model.onnx: ")
+    assert message.startswith("TensorRT 10.13.0 could not parse model.onnx: ")
     assert "node 7 (/grid/GridSample, GridSample): Unsupported operator GridSample [UNSUPPORTED_NODE]" in message
     assert "node 9: Input tensor has wrong type [INVALID_NODE]" in message
     assert "opset" in caught.value.hint
@@ -337,12 +367,30 @@ def test_build_with_trtexec_records_the_engine(models):
     assert rec.builder == "trtexec" and rec.tensorrt_version == "10.13.0" and rec.precision == "fp16"
     assert rec.size_bytes == len(b"plan-bytes") and rec.engine == "model_fp16.engine"
     assert rec.builder_flags == ["FP16"] and not rec.strongly_typed
-    assert rec.timing_cache == {"path": str(cache), "reused": False}
+    assert rec.timing_cache == {"path": str(cache), "reused": False, "loaded_bytes": 0}
     assert [p.name for p in engine.parent.iterdir()] == ["model_fp16.engine"]   # no partial file left
 
     again = build_with_trtexec(tool, models / "model.onnx", engine, "fp16", entry("10.13.0", "fp16"), cache, LOG,
                                gpu="Fake GPU", compute_capability="8.9")
-    assert again.timing_cache["reused"] is True
+    assert again.timing_cache == {"path": str(cache), "reused": True, "loaded_bytes": len(b"cache")}
+
+
+def test_a_cache_file_trtexec_does_not_load_is_not_called_reused(models):
+    """The file exists, but this trtexec never says it read it (it ignores the option)."""
+    cache = models / "t.cache"
+    cache.write_bytes(b"old tactics")
+    quiet = 'for arg in "$@"; do case "$arg" in --saveEngine=*) printf x > "${arg#--saveEngine=}";; esac; done\n'
+    rec = build_with_trtexec(fake_trtexec(models, quiet), models / "model.onnx", models / "e" / "model_fp32.engine",
+                             "fp32", entry("10.13.0", "fp32"), cache, LOG)
+    assert rec.timing_cache["reused"] is False and rec.timing_cache["loaded_bytes"] == 0
+
+
+def test_a_flag_the_trtexec_does_not_have_fails_the_build(models):
+    """TensorRT 11's trtexec has no --fp16: settings written for 10 must not slip through."""
+    with pytest.raises(TrtError) as caught:
+        build_with_trtexec(fake_trtexec(models, WRITE_ENGINE, major="11"), models / "model.onnx",
+                           models / "e" / "model_fp16.engine", "fp16", entry("10.13.0", "fp16"), models / "t.cache", LOG)
+    assert "trtexec failed (exit 1)" in caught.value.message and "Unknown option: --fp16" in caught.value.message
 
 
 def test_a_failing_trtexec_reports_its_last_lines(models):
@@ -373,7 +421,7 @@ def test_a_trtexec_past_its_timeout_is_stopped(models):
 
 @pytest.mark.skipif(os.name != "posix", reason="shell script stand-in")
 def test_trtexec_11_records_a_strongly_typed_engine(models):
-    tool = fake_trtexec(models, WRITE_ENGINE)
+    tool = fake_trtexec(models, WRITE_ENGINE, major="11")
     rec = build_with_trtexec(tool, models / "model_int8_qdq.onnx", models / "e" / "model_int8.engine", "int8",
                              entry("11.4.0", "int8"), models / "t.cache", LOG, version="11.4.0")
     assert rec.strongly_typed and rec.builder_flags == [] and rec.onnx == "model_int8_qdq.onnx"

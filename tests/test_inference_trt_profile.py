@@ -229,3 +229,42 @@ def test_read_profile_refuses_a_document_that_is_not_a_mapping(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(TrtError, match="expected a mapping"):
         read_profile(path)
+
+
+# --------------------------------------------------------------- TRTPROFILE's verdict on the models
+
+def _results(fp32, fp16, int8, agree16=1.0, agree8=1.0):
+    row = lambda acc, agree: {"accuracy": acc, "auc": 0.9, "agreement": agree, "provider": "CPUExecutionProvider",  # noqa: E731
+                               "model": "m.onnx", "f1": 0.8, "max_prob_diff": 0.0}
+    return {"fp32": row(fp32, 1.0), "fp16": row(fp16, agree16), "int8": row(int8, agree8)}
+
+
+def _verdict(results, **params):
+    from handlers.inference.trt_profile import TrtProfile, TrtProfileParams
+    from handlers.ml.quantize import QdqReport
+    qdq = QdqReport(quantize_nodes=10, dequantize_nodes=20, int8_zero_points=10, per_channel_weights=5)
+    noise = {"images": 8, "tensors": 3, "first": {"tensor": "a", "db": 40.0}, "last": {"tensor": "c", "db": 9.0},
+             "by_depth_quarter_db": [30.0, 20.0, 10.0], "lowest": [{"tensor": "c", "db": 9.0}]}
+    meta = {"image_size": 32, "synthetic": True, "quality_warning": "model near chance: test AUC 0.510 is within"}
+    return TrtProfile()._result(TrtProfileParams(**params), meta, results, qdq, "ONNX Runtime static quantization",
+                                noise)
+
+
+def test_the_99_percent_rule_is_judged_and_said():
+    met = _verdict(_results(0.80, 0.80, 0.795))
+    assert any(f.startswith("INT8 keeps 99.4% of FP32's test accuracy (0.795 vs 0.800): meets the 99% rule")
+               for f in met.findings)
+    missed = _verdict(_results(0.80, 0.80, 0.70, agree8=0.80))
+    text = "\n".join(missed.findings)
+    assert "INT8 keeps 87.5% of FP32's test accuracy (0.700 vs 0.800): misses the 99% rule" in text
+    assert "INT8 loses 10.0% accuracy against FP32 (limit 2.0%)" in text
+    assert "INT8 decides the same class as FP32 for 80.0% of the test images (below 95%)" in text
+    assert "FP16 loses" not in text
+
+
+def test_the_verdict_repeats_the_training_warning_and_states_what_was_read_from_the_model():
+    result = _verdict(_results(0.8, 0.8, 0.8))
+    assert result.findings[0].startswith("from AG-DS-SCRIPTGPU-001's training: model near chance")
+    assert "weights int8 symmetric, per channel (5 weight tensors)" in result.findings[1]
+    assert "40 dB after the first layer, 9 dB at the output" in "\n".join(result.findings)
+    assert "ONNX Runtime (CPUExecutionProvider)" in result.message

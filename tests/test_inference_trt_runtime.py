@@ -160,7 +160,7 @@ def test_runtime_module_prefers_the_full_package(monkeypatch):
     monkeypatch.setattr(runtime.importlib, "import_module", fake_import)
     assert load_runtime_module() == "lean module" and tried == ["tensorrt", "tensorrt_lean"]
     tried.clear()
-    monkeypatch.setattr(runtime, "RUNTIME_MODULES", ("tensorrt",))
+    monkeypatch.setattr(runtime, "RUNTIME_MODULES", {"tensorrt": ("tensorrt",)})
     with pytest.raises(TrtError) as caught:
         load_runtime_module()
     assert "TensorRT runtime not installed" in caught.value.message and "pip install" in caught.value.hint
@@ -264,12 +264,13 @@ def test_builder_calls_the_lean_bindings_cover_exist_there(tmp_path):
             ("MemoryPoolType", "WORKSPACE"), ("Logger", "WARNING")} <= recorder.touched
     # these need the full tensorrt package; the gpu test below runs them for real
     assert unchecked == {"Builder", "INetworkDefinition", "IBuilderConfig", "OnnxParser",
-                         "NetworkDefinitionCreationFlag", "ITensor"}
+                         "NetworkDefinitionCreationFlag", "ITensor", "ILayer", "LayerType"}
 
 
 def test_runtime_modules_include_the_installed_lean_bindings():
-    assert RUNTIME_MODULES[0] == "tensorrt" and "tensorrt_lean" in RUNTIME_MODULES
-    assert "tensorrt_lean_bindings" in RUNTIME_MODULES
+    full = RUNTIME_MODULES["tensorrt"]
+    assert full[0] == "tensorrt" and "tensorrt_lean" in full and "tensorrt_lean_bindings" in full
+    assert RUNTIME_MODULES["tensorrt-rtx"] == ("tensorrt_rtx",)
 
 
 # ----------------------------------------------------------------------- end to end on a GPU

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -88,16 +87,20 @@ def test_lock_is_released_when_the_holder_is_killed(holder):
 
 
 def test_wait_queues_behind_the_holder(holder):
+    """The waiter polls while the lock is held (each failed attempt is seen by the sleep hook)
+    and gets it once the holder dies: no timed guess decides either."""
     proc, state_dir = holder
-    got = threading.Event()
+    failed_attempts = []
 
-    def waiter() -> None:
-        ProjectLock(state_dir).acquire(wait=True, poll_s=0.05).release()
-        got.set()
+    def sleep(seconds: float) -> None:
+        failed_attempts.append(seconds)
+        if len(failed_attempts) == 3:        # held through three attempts: now the holder dies
+            proc.kill()
+            proc.wait()
 
-    thread = threading.Thread(target=waiter, daemon=True)
-    thread.start()
-    assert not got.wait(timeout=0.3)  # still held
-    proc.kill()
-    assert got.wait(timeout=10)  # generous bound: the kernel frees the lock at once
-    thread.join(timeout=10)
+    lock = ProjectLock(state_dir).acquire(wait=True, poll_s=0.05, sleep=sleep)
+    try:
+        assert len(failed_attempts) >= 3 and proc.poll() is not None
+        assert (state_dir / "run.lock").read_text() == str(os.getpid())
+    finally:
+        lock.release()

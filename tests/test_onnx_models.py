@@ -176,3 +176,55 @@ def test_quantizer_choice(monkeypatch):
         quantize.choose_quantizer("modelopt", "percentile")
     with pytest.raises(ModelError, match="unknown calibration method"):
         quantize.choose_quantizer("auto", "kl")
+
+
+def test_per_tensor_weights_are_flagged_and_described_from_the_model(exported, tmp_path):
+    """The weights' description is read from their scales: a per-tensor model says so and fails."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    _, path, _ = exported
+    quantize_static(str(path), str(tmp_path / "pt.onnx"), quantize._ArrayReader("input", inputs(8), 4),
+                    quant_format=QuantFormat.QDQ, per_channel=False, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                               "QuantizeBias": False})
+    report = inspect_qdq(tmp_path / "pt.onnx")
+    assert report.per_channel_weights == 0 and report.per_tensor_weights >= 20
+    assert report.weights() == f"int8, per tensor ({report.per_tensor_weights} weight tensors)"
+    assert any("quantized per tensor, not per channel" in p for p in report.problems())
+
+
+def test_int32_bias_dequantization_is_flagged(exported, tmp_path):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    _, path, _ = exported
+    quantize_static(str(path), str(tmp_path / "b.onnx"), quantize._ArrayReader("input", inputs(8), 4),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    report = inspect_qdq(tmp_path / "b.onnx")
+    assert report.int32_biases > 0 and any("TensorRT's ONNX parser refuses" in p for p in report.problems())
+
+
+def _activation_scales(path):
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return [float(inits[n.input[1]].ravel()[0]) for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+
+
+def test_entropy_calibration_clips_where_minmax_does_not(exported, tmp_path):
+    """ONNX Runtime's quantize_static gives its entropy calibrator 128 bins and 128 kept, which
+    reproduces minmax exactly; atlas's entropy (2048 bins) must clip some outlier ranges."""
+    _, path, _ = exported
+    cal = inputs(32, seed=3)
+    cal[0, :, :2, :2] = 40.0                      # one outlier patch stretches minmax's ranges
+    quantize_int8(path, tmp_path / "e.onnx", cal, method="entropy", quantizer="onnxruntime")
+    quantize_int8(path, tmp_path / "m.onnx", cal, method="minmax", quantizer="onnxruntime")
+    entropy, minmax = _activation_scales(tmp_path / "e.onnx"), _activation_scales(tmp_path / "m.onnx")
+    assert len(entropy) == len(minmax)
+    assert sum(e < m * 0.95 for e, m in zip(entropy, minmax)) >= len(minmax) // 4
+    assert all(e <= m * 1.0001 for e, m in zip(entropy, minmax))
+
+
+def test_quantization_noise_is_measured_per_layer(exported, int8_model):
+    _, path, _ = exported
+    snr = quantize.quantization_snr(path, int8_model[0], inputs(8, seed=4), batch_size=4)
+    assert len(snr) > 20 and all(isinstance(t, str) and np.isfinite(db) for t, db in snr)
+    assert snr[0][1] > snr[-1][1]                  # the error builds up with depth

@@ -129,3 +129,47 @@ def test_two_node_run_on_localhost_meets_at_one_rendezvous(tmp_path):
     published = root / ".atlas" / "out" / DDP
     assert (published / "model.pt").is_file()
     assert "--node-rank=\"$NODE_RANK\"" in (published / "launch_other_nodes.sh").read_text()
+
+
+@pytest.mark.slow
+def test_scaling_is_measured_on_two_gloo_processes(tmp_path):
+    """measure_throughput runs for real (1 process, then 2) with both feeds, tiny batches."""
+    root = project(tmp_path)
+    params = {**EXACT, "epochs": 1, "measure_scaling": True, "throughput_steps": 3, "warmup_steps": 1,
+              "per_process_batch": 4}
+    for feed in ("cached", "loader"):
+        step = run_step(root, nproc_per_node=2, scaling_feed=feed, **params)
+        scaling = json.loads((root / ".atlas" / "out" / DDP / "scaling.json").read_text())
+        one, many = scaling["one_process"], scaling["n_processes"]
+        assert (one["processes"], many["processes"]) == (1, 2)
+        assert one["steps"] == many["steps"] == 3 and one["per_process_batch"] == many["per_process_batch"] == 4
+        assert one["feed"] == many["feed"] == feed
+        assert one["loader"] == ("cached" if feed == "cached" else "dataloader")
+        assert one["images_per_s"] > 0 and many["images_per_s"] > 0
+        assert scaling["efficiency"] == pytest.approx(many["images_per_s"] / (2 * one["images_per_s"]), rel=1e-12)
+        assert f"scaling efficiency {100 * scaling['efficiency']:.0f}%" in step["message"]
+
+
+def test_the_efficiency_arithmetic_of_the_step(tmp_path):
+    """N-process images/s over N times the 1-process figure, and the metrics that carry it."""
+    import logging
+
+    from atlas.handler import Context
+    from handlers.training import ddp_run
+    events = []
+    ctx = Context(DDP, DistributedParams(measure_scaling=True), {}, tmp_path / "out", tmp_path, {},
+                  emit=events.append, log=logging.getLogger("test"))
+    runs = []
+    for name, figures in (("throughput-1", {"images_per_s": 100.0, "processes": 1}),
+                          ("throughput-4", {"images_per_s": 360.0, "processes": 4}),
+                          ("train", {"backend": "nccl", "best_epoch": 2, "test": {"accuracy": 0.9, "auc": 0.95},
+                                     "synthetic": False, "findings": []})):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(figures))
+        runs.append((name, {"result": str(path)}, 4, 1))
+    result = ddp_run._finish(ctx, ctx.params, runs, 4, on_gpu=True)
+    metrics = {e["name"]: e["value"] for e in events if e["type"] == "metric"}
+    assert metrics["scaling_efficiency"] == pytest.approx(90.0)      # 360 / (4 x 100)
+    assert metrics["ddp_images_per_s_1"] == 100.0 and metrics["ddp_images_per_s_4"] == 360.0
+    assert "100 img/s at 1 process, 360 at 4 (cached batches), scaling efficiency 90%" in result.message
+    assert json.loads((tmp_path / "out" / "scaling.json").read_text())["efficiency"] == pytest.approx(0.9)

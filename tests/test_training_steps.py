@@ -50,7 +50,12 @@ def test_scriptgpu_trains_audits_and_reruns_only_when_something_changed(tmp_path
     out = root / ".atlas" / "out" / SCRIPTGPU
     summary = json.loads((out / "training.json").read_text())
     assert summary["synthetic"] is True and summary["arch"] == "resnet18"
-    assert len(summary["history"]) == summary["best_epoch"] or summary["best_epoch"] >= 1
+    history = summary["history"]
+    assert 1 <= summary["best_epoch"] <= len(history)
+    best = min(history, key=lambda h: h["val_loss"])         # the checkpoint kept is the lowest val loss
+    assert summary["best_epoch"] == best["epoch"] and summary["best_val_loss"] == best["val_loss"]
+    per_epoch = -(-sum(summary["images"]["train"]) // TINY["batch_size"])      # the DataLoader keeps the short batch
+    assert summary["optimizer_steps"] == len(history) * per_epoch and summary["loader"] == "dataloader"
     assert (out / "model.pt").is_file()
     assert {"report.md", "report.json", "changes.diff", "patched"} <= {p.name for p in (out / "audit").iterdir()}
     shown = json.loads(atlas(root, "show", SCRIPTGPU, "--json", registry=REGISTRY).stdout)

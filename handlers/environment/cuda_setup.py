@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 from atlas import probe
 from atlas.handler import Context, Handler, Params, Result
 from handlers.environment import cuda_compat
+from handlers.environment.tensorrt_choice import TensorRtChoice, choose_tensorrt
 
 if TYPE_CHECKING:
     import jinja2
@@ -98,6 +99,7 @@ class Facts:
 class Decision:
     choice: cuda_compat.Choice
     findings: list[cuda_compat.Finding]
+    tensorrt: TensorRtChoice | None = None
 
 
 def host_os(platform: str = sys.platform) -> str:
@@ -193,7 +195,10 @@ def decide(facts: Facts, params: CudaSetupParams) -> Decision:
         torch_version=facts.torch_version, torch_cuda=facts.torch_cuda,
         torch_arch_list=facts.torch_arch_list, torch_cuda_available=facts.torch_cuda_available,
         python=params.python, choice=choice)
-    return Decision(choice, findings)
+    trt = choose_tensorrt([(g["name"], g["compute_capability"]) for g in facts.gpus], facts.driver_cuda)
+    findings.append(cuda_compat.Finding("info", f"TensorRT: {trt.package} ({trt.reason}).",
+                                        "the install scripts add it with --tensorrt / -TensorRT"))
+    return Decision(choice, findings, trt)
 
 
 def _ps_quote(text: str) -> str:
@@ -219,6 +224,7 @@ def report(task_id: str, facts: Facts, decision: Decision, params: CudaSetupPara
     return {"task": task_id, "facts": asdict(facts), "choice": decision.choice.as_dict(),
             "channel": asdict(channel), "findings": [f.as_dict() for f in decision.findings],
             "params": params.model_dump(),
+            "tensorrt": decision.tensorrt.as_dict() if decision.tensorrt else None,
             "scripts": {"linux": "install_linux.sh", "windows": "install_windows.ps1"}}
 
 
@@ -232,6 +238,7 @@ def render(task_id: str, facts: Facts, decision: Decision, params: CudaSetupPara
         # What torch.version.cuda must read after install; str(None).lower() for cpu.
         "expected_cuda": choice.cuda or "none",
         "problems": [f for f in decision.findings if f.level == "problem"],
+        "tensorrt": decision.tensorrt,
     }
     env = _environment()
     return {name: env.get_template(f"cuda_setup_{name}.j2").render(context)

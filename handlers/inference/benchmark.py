@@ -18,7 +18,7 @@ from atlas.handler import Context, Handler, Params, Result
 from handlers.ml.errors import failures_for_user_errors
 
 BackendName = Literal["pytorch-eager-fp32", "pytorch-fp16-channels-last", "torch-compile",
-                      "onnxruntime-fp32", "onnxruntime-int8", "tensorrt"]
+                      "onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8", "tensorrt"]
 ALL_BACKENDS: tuple[str, ...] = BackendName.__args__
 REFERENCE = "pytorch-eager-fp32"
 
@@ -31,17 +31,18 @@ class TrtTestParams(Params):
     duration_s: float = Field(2.0, gt=0, description="timed seconds per point (at least min_iters)")
     min_iters: int = Field(3, ge=1)
     max_iters: int = Field(2000, ge=1)
+    max_point_s: float | None = Field(60.0, gt=0, description="skip a point predicted (from the last one measured) "
+                                      "to take longer than this; null: time every point however slow")
     accuracy_images: int | None = Field(None, ge=1, description="test images for accuracy (null: all)")
 
 
 def engine_unavailable(engines_dir: Path | None) -> tuple[str, str] | None:
     """Why no TensorRT engine can be benchmarked, or None when there are engines to try."""
-    from handlers.inference.trt.choose import detect
-    has_api, trtexec = detect()
+    from handlers.inference.trt.choose import INSTALL_HINT, detect
+    found = detect()
     if engines_dir is None or not any(Path(engines_dir).glob("*.engine")):
-        if not has_api and trtexec is None:
-            return ("TensorRT not installed: no engines were built",
-                    "pip install tensorrt-cu13 (NVIDIA's wheels) on a CUDA machine, then atlas run AG-DS-TRTTEST-001")
+        if not (found.tensorrt or found.tensorrt_rtx or found.trtexec):
+            return "TensorRT not installed: no engines were built", INSTALL_HINT
         return ("no TensorRT engines: AG-DS-TRTENGINE-001 did not build any", "atlas run AG-DS-TRTENGINE-001")
     return None
 
@@ -86,14 +87,16 @@ class TrtTest(Handler):
         device = _torch_device(params.device)
         backends, unavailable = make_backends(
             params.backends, model, device, onnx_fp32=ctx.inputs["onnx"], onnx_int8=ctx.inputs["onnx_int8"],
-            engines_dir=ctx.inputs.get("engines"), engine_unavailable=engine_unavailable)
+            engines_dir=ctx.inputs.get("engines"), engine_unavailable=engine_unavailable,
+            onnx_fp16=ctx.inputs.get("onnx_fp16"), runtime_cache_dir=ctx.project_root / ".atlas" / "cache" / "tensorrt-rtx")
 
         def make_batch(n: int) -> np.ndarray:
             # real test images, repeated to fill the batch
             return np.ascontiguousarray(x[np.arange(n) % len(x)])
 
         settings = TimingSettings(warmup_s=params.warmup_s, duration_s=params.duration_s,
-                                  min_iters=params.min_iters, max_iters=params.max_iters)
+                                  min_iters=params.min_iters, max_iters=params.max_iters,
+                                  max_point_s=params.max_point_s)
         total = len(backends) * len(params.batch_sizes)
         with ctx.progress(total, "benchmarking backends") as bar:
             result = run_benchmark(backends, params.batch_sizes, make_batch, settings,
@@ -125,7 +128,12 @@ class TrtTest(Handler):
             if backend.name in broken:
                 continue
             try:
-                logits[backend.name] = predict_all(backend, x)
+                if getattr(backend, "static_shapes", False):
+                    # compiled per shape: reuse the largest batch size already timed, up to 32
+                    timed = [m.batch for m in result.measurements if m.backend == backend.name and m.batch <= 32]
+                    logits[backend.name] = predict_all(backend, x, max(timed, default=32), pad_last=True)
+                else:
+                    logits[backend.name] = predict_all(backend, x)
             except Exception as exc:   # a backend failing here must not hide the others' results
                 result.failures.append({"backend": backend.name, "batch": None, "reason": f"accuracy: {exc}"})
             finally:

@@ -30,8 +30,15 @@ class TrtProfileParams(Params):
     precisions: list[Precision] = Field(default_factory=lambda: ["fp32", "fp16", "int8"])
     workspace_gb: float = Field(4.0, gt=0, description="builder workspace limit written into the settings")
     calibration_images: int = Field(128, ge=8, description="training images in the INT8 calibration set")
-    calibration_method: Literal["entropy", "percentile", "minmax"] = "entropy"
-    percentile: float = Field(99.999, gt=90, lt=100, description="for calibration_method: percentile")
+    calibration_method: Literal["entropy", "percentile", "minmax"] = Field(
+        "percentile", description="activation ranges: percentile of the observed values (the best of the three "
+                                  "on the default chain, benchmarks/results/int8-study-*), entropy (KL divergence, "
+                                  "2048-bin histogram) or minmax")
+    percentile: float = Field(99.99, gt=90, lt=100, description="for calibration_method: percentile")
+    sqnr_images: int = Field(8, ge=0, description="calibration images for the per-layer INT8 noise measurement "
+                                                   "(0: skip it)")
+    min_accuracy_ratio: float = Field(0.99, gt=0, le=1, description="INT8 accuracy below this share of FP32's is a "
+                                                                    "finding (MLPerf's closed division: 99%)")
     quantizer: Literal["auto", "onnxruntime", "modelopt"] = Field(
         "auto", description="auto: NVIDIA ModelOpt when installed, else ONNX Runtime")
     eval_images: int | None = Field(None, ge=1, description="test images evaluated (null: all)")
@@ -107,9 +114,11 @@ class TrtProfile(Handler):
                                   method=params.calibration_method, percentile=params.percentile,
                                   quantizer=params.quantizer, log=ctx.log)
         qdq = inspect_qdq(ctx.output_dir / "model_int8_qdq.onnx")
-        if qdq.problems():
-            return Result.failed("the INT8 model is not in the form TensorRT needs: " + "; ".join(qdq.problems()),
+        problems = qdq.problems() + [p for p in [qdq.coverage_problem()] if p]
+        if problems:
+            return Result.failed("the INT8 model is not in the form TensorRT needs: " + "; ".join(problems),
                                  "see model_int8_qdq.onnx; try quantizer: onnxruntime")
+        noise = self._noise(ctx, params, onnx_path, calibration)
 
         results = self._evaluate(ctx, params, data, onnx_path, meta.get("threshold"))
         profile = batch_profile("input", 3, size, params.min_batch, params.opt_batch, params.max_batch)
@@ -123,8 +132,8 @@ class TrtProfile(Handler):
             "calibration": {**{k: cal_info[k] for k in ("images", "per_class", "preprocessing")},
                             "file": "calibration/images.npy", "method": params.calibration_method,
                             "quantizer": int8_tool},
-            "quantization": {"tool": int8_tool, "format": "QDQ", "activations": "int8 symmetric, per tensor",
-                             "weights": "int8 symmetric, per channel", **qdq.as_dict()},
+            # read from the model's own scales and zero-points, not stated
+            "quantization": {"tool": int8_tool, "format": "QDQ", **qdq.as_dict(), "snr_db": noise},
             "fp16_tool": fp16_tool,
             "evaluation": results,
             "tensorrt": settings,
@@ -133,7 +142,28 @@ class TrtProfile(Handler):
         ctx.write_json("evaluation.json", {"split": "test", "results": results, "data_source": data.source})
         ctx.write_text("evaluation.md", "# ONNX Runtime evaluation on the test split\n\n"
                        + evaluation_table(results) + "\n")
-        return self._result(params, meta, results, qdq, int8_tool)
+        return self._result(params, meta, results, qdq, int8_tool, noise)
+
+    def _noise(self, ctx, params, onnx_path, calibration) -> dict | None:
+        """Per-layer signal-to-quantization-noise ratio of the INT8 model on calibration images:
+        where its error arises and how it grows with depth."""
+        if not params.sqnr_images:
+            return None
+        import numpy as np
+
+        from handlers.ml.quantize import quantization_snr
+        snr = quantization_snr(onnx_path, ctx.output_dir / ONNX_FILES["int8"], calibration[:params.sqnr_images])
+        if not snr:
+            return None
+        for tensor, db in snr:
+            ctx.log.debug("INT8 SNR %s: %.1f dB", tensor, db)
+        worst = sorted(snr, key=lambda item: item[1])[:3]
+        quarter = max(1, len(snr) // 4)
+        return {"images": int(min(len(calibration), params.sqnr_images)), "tensors": len(snr),
+                "first": {"tensor": snr[0][0], "db": snr[0][1]}, "last": {"tensor": snr[-1][0], "db": snr[-1][1]},
+                "by_depth_quarter_db": [float(np.median([db for _, db in snr[i:i + quarter]]))
+                                        for i in range(0, len(snr), quarter)][:4],
+                "lowest": [{"tensor": name, "db": db} for name, db in worst]}
 
     def _evaluate(self, ctx, params, data, onnx_path, threshold) -> dict:
         from handlers.ml.arrays import model_input, split_arrays
@@ -147,7 +177,7 @@ class TrtProfile(Handler):
         results, reference = {}, None
         with ctx.progress(len(models), "evaluating ONNX models") as bar:
             for precision, path in models.items():
-                session, provider = open_session(path)
+                session, provider = open_session(path, log=ctx.log)
                 logits = run_logits(session, x)
                 reference = logits if reference is None else reference
                 results[precision] = {"model": path.name, "provider": provider, "images": int(len(labels)),
@@ -157,12 +187,25 @@ class TrtProfile(Handler):
                 bar.advance(1)
         return results
 
-    def _result(self, params, meta, results, qdq, int8_tool) -> Result:
+    def _result(self, params, meta, results, qdq, int8_tool, noise=None) -> Result:
         fp32 = results["fp32"]
         from handlers.ml.metrics import inherited_warning
-        findings = inherited_warning(meta) + [f"INT8 Q/DQ ({int8_tool}, {params.calibration_method} calibration): "
-                    f"{qdq.quantize_nodes} QuantizeLinear, {qdq.dequantize_nodes} DequantizeLinear, "
-                    f"{qdq.per_channel_weights} per-channel weights, all zero-points 0"]
+        zero_points = "all zero-points 0" if qdq.symmetric else "asymmetric zero-points"
+        findings = inherited_warning(meta) + [
+            f"INT8 Q/DQ ({int8_tool}, {params.calibration_method} calibration): {qdq.quantize_nodes} QuantizeLinear, "
+            f"{qdq.dequantize_nodes} DequantizeLinear; weights {qdq.weights()}; activations "
+            f"{qdq.as_dict()['activations']}; {zero_points}; biases kept in float for TensorRT's parser"]
+        ratio = results["int8"]["accuracy"] / fp32["accuracy"] if fp32["accuracy"] else float("nan")
+        rule = "meets" if ratio >= params.min_accuracy_ratio else "misses"
+        findings.append(f"INT8 keeps {ratio:.1%} of FP32's test accuracy ({results['int8']['accuracy']:.3f} vs "
+                        f"{fp32['accuracy']:.3f}): {rule} the {params.min_accuracy_ratio:.0%} rule "
+                        f"(MLPerf's closed division)")
+        if noise:
+            depth = ", ".join(f"{db:.0f}" for db in noise["by_depth_quarter_db"])
+            low = ", ".join(f"{item['tensor']} {item['db']:.1f} dB" for item in noise["lowest"])
+            findings.append(f"INT8 noise by layer (SQNR on {noise['images']} calibration images): "
+                            f"{noise['first']['db']:.0f} dB after the first layer, {noise['last']['db']:.0f} dB at "
+                            f"the output; median by depth quarter {depth} dB; lowest {low}")
         for precision in ("fp16", "int8"):
             drop = fp32["accuracy"] - results[precision]["accuracy"]
             if drop > params.max_accuracy_drop:
@@ -171,7 +214,7 @@ class TrtProfile(Handler):
                                 "another calibration_method may help")
             agreement = results[precision]["agreement"]
             if agreement < params.min_agreement:
-                findings.append(f"{precision.upper()} predicts the same class as FP32 for {agreement:.1%} of the "
+                findings.append(f"{precision.upper()} decides the same class as FP32 for {agreement:.1%} of the "
                                 f"test images (below {params.min_agreement:.0%}): its scores drift near the "
                                 "decision threshold; check its accuracy before deploying it")
         from handlers.ml.synthetic import synthetic_tag
@@ -180,5 +223,5 @@ class TrtProfile(Handler):
                             for p, r in results.items())
         return Result.succeeded(
             f"profile batch {params.min_batch}/{params.opt_batch}/{params.max_batch} at "
-            f"{meta['image_size']}px, precisions {'/'.join(params.precisions)}; ONNX Runtime on the test "
-            f"split: {summary}{tag}", findings)
+            f"{meta['image_size']}px, precisions {'/'.join(params.precisions)}; ONNX Runtime ({fp32['provider']}) "
+            f"on the test split: {summary}{tag}", findings)

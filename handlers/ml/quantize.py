@@ -88,6 +88,13 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, *, method: str 
     return "NVIDIA ModelOpt" if tool == "modelopt" else "ONNX Runtime static quantization"
 
 
+# Entropy calibration's histogram: TensorRT's calibrator uses 2048 bins, 128 of them kept.
+# ONNX Runtime's quantize_static passes no bin counts to its entropy calibrator, which then
+# uses 128 and 128: with as many quantized bins as bins, the entropy search has nothing to
+# clip and returns the observed maximum (measured: its scales equal minmax's exactly).
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
+
+
 def _ort_quantize(src: Path, out: str, calibration: np.ndarray, method: str, percentile: float,
                   batch_size: int, log) -> None:
     import onnx
@@ -96,16 +103,24 @@ def _ort_quantize(src: Path, out: str, calibration: np.ndarray, method: str, per
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
-        # Shape inference + graph clean-up first: ORT's recommended pre-step for static quantization.
+        # Shape inference + graph clean-up first (folds BatchNormalization into the convolutions):
+        # ORT's recommended pre-step for static quantization.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
-        calibrate = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
-                     "minmax": CalibrationMethod.MinMax}[method]
         extra = {
             "ActivationSymmetric": True,      # TensorRT: symmetric, zero-point 0
             "WeightSymmetric": True,
             "CalibTensorRangeSymmetric": True,
             "CalibPercentile": percentile,
+            # TensorRT's parsers refuse a DequantizeLinear of an int32 bias (TensorRT for RTX 1.7:
+            # "input has type Int32 but must have type FP8, FP4, Int4, Int8, or UInt8"): keep biases
+            # in float; TensorRT fuses them into the INT8 convolution anyway.
+            "QuantizeBias": False,
         }
+        calibrate = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+                     "entropy": CalibrationMethod.MinMax}[method]
+        if method == "entropy":
+            # the ranges from a real entropy search, handed to the quantizer as overrides
+            extra["TensorQuantOverrides"] = _entropy_ranges(prepared, input_name, calibration, batch_size, work)
         if log:
             log.info("INT8 calibration (%s) over %d images", method, len(calibration))
         quantize_static(str(prepared), out, _ArrayReader(input_name, calibration, batch_size),
@@ -113,6 +128,45 @@ def _ort_quantize(src: Path, out: str, calibration: np.ndarray, method: str, per
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibrate, extra_options=extra,
                         calibration_providers=["CPUExecutionProvider"])
+
+
+def _entropy_ranges(model: Path, input_name: str, calibration: np.ndarray, batch_size: int, work: str) -> dict:
+    """Symmetric activation ranges by KL-divergence minimisation over a 2048-bin histogram."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+    calibrator = create_calibrator(model, None, augmented_model_path=str(Path(work) / "entropy.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"],
+                                   extra_options={"symmetric": True, "num_bins": ENTROPY_BINS,
+                                                  "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+    calibrator.collect_data(_ArrayReader(input_name, calibration, batch_size))
+    ranges = calibrator.compute_data()
+    return {name: [{"rmin": np.float32(np.asarray(data.range_value[0]).item()),
+                    "rmax": np.float32(np.asarray(data.range_value[1]).item())}]
+            for name, data in ranges.data.items()}
+
+
+def quantization_snr(float_model: Path, qdq_model: Path, images: np.ndarray, batch_size: int = 16) -> list[tuple[str, float]]:
+    """Signal-to-quantization-noise ratio (dB) of every activation the INT8 model shares with
+    the float one, in graph order: where the INT8 error comes from and how it grows."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                         create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    name = onnx.load(str(float_model), load_external_data=False).graph.input[0].name
+    batches = [{name: np.ascontiguousarray(images[i:i + batch_size])} for i in range(0, len(images), batch_size)]
+    with tempfile.TemporaryDirectory() as work:
+        prepared = Path(work) / "prepared.onnx"      # the graph the quantizer saw (BatchNorm folded)
+        quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=False)
+        fa, qa = Path(work) / "f.onnx", Path(work) / "q.onnx"
+        modify_model_output_intermediate_tensors(str(prepared), str(fa))
+        modify_model_output_intermediate_tensors(str(qdq_model), str(qa))
+        errors = compute_activation_error(create_activation_matching(
+            collect_activations(str(qa), batches, execution_providers=["CPUExecutionProvider"]),
+            collect_activations(str(fa), batches, execution_providers=["CPUExecutionProvider"])))
+        order = [o for node in onnx.load(str(prepared), load_external_data=False).graph.node for o in node.output]
+    return [(tensor, float(errors[tensor]["xmodel_err"])) for tensor in order
+            if tensor in errors and "xmodel_err" in errors[tensor]]
 
 
 @dataclass
@@ -126,6 +180,8 @@ class QdqReport:
     non_int8_zero_points: list[str] = field(default_factory=list)
     per_channel_weights: int = 0          # DequantizeLinear of a weight with a scale per channel
     per_tensor_weights: int = 0
+    per_tensor_examples: list[str] = field(default_factory=list)
+    int32_biases: int = 0                 # DequantizeLinear of an int32 bias: TensorRT's parsers refuse it
     quantized_convs: int = 0
     convs: int = 0
 
@@ -134,7 +190,19 @@ class QdqReport:
         return not self.nonzero_zero_points and not self.non_int8_zero_points and self.int8_zero_points > 0
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "symmetric": self.symmetric}
+        return {**self.__dict__, "symmetric": self.symmetric, "weights": self.weights(), "activations":
+                "int8 symmetric, per tensor" if self.symmetric else "int8, asymmetric"}
+
+    def weights(self) -> str:
+        """How the weights are quantized, read from the model's scales."""
+        if self.per_channel_weights and not self.per_tensor_weights:
+            return f"int8 symmetric, per channel ({self.per_channel_weights} weight tensors)"
+        if self.per_tensor_weights and not self.per_channel_weights:
+            return f"int8, per tensor ({self.per_tensor_weights} weight tensors)"
+        if self.per_channel_weights:
+            return (f"int8: {self.per_channel_weights} weight tensors per channel, {self.per_tensor_weights} "
+                    "per tensor")
+        return "no quantized weights"
 
     def problems(self) -> list[str]:
         out = []
@@ -145,9 +213,19 @@ class QdqReport:
                        f"{self.nonzero_zero_points[0]}")
         if self.non_int8_zero_points:
             out.append(f"{len(self.non_int8_zero_points)} zero-points are not int8, e.g. {self.non_int8_zero_points[0]}")
-        if self.convs and self.quantized_convs < self.convs:
-            out.append(f"only {self.quantized_convs} of {self.convs} convolutions take quantized weights")
+        if self.per_tensor_weights:
+            out.append(f"{self.per_tensor_weights} weight tensors are quantized per tensor, not per channel "
+                       f"(e.g. {self.per_tensor_examples[0]}): one scale for every output channel loses accuracy")
+        if self.int32_biases:
+            out.append(f"{self.int32_biases} biases are int32 DequantizeLinear inputs, which TensorRT's ONNX parser "
+                       "refuses")
         return out
+
+    def coverage_problem(self, excluded: int = 0) -> str | None:
+        """Convolutions left in float beyond those excluded on purpose."""
+        if self.convs and self.quantized_convs + excluded < self.convs:
+            return f"only {self.quantized_convs} of {self.convs} convolutions take quantized weights"
+        return None
 
 
 def inspect_qdq(path: Path) -> QdqReport:
@@ -178,11 +256,12 @@ def inspect_qdq(path: Path) -> QdqReport:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             scale = numpy_helper.to_array(inits[node.input[1]])
             if inits[node.input[0]].data_type == onnx.TensorProto.INT32:
-                pass        # bias
+                report.int32_biases += 1
             elif scale.size > 1:
                 report.per_channel_weights += 1
             else:
                 report.per_tensor_weights += 1
+                report.per_tensor_examples.append(node.input[0])
             dq_outputs_of_weights.add(node.output[0])
     for node in graph.node:
         if node.op_type == "Conv":

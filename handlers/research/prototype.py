@@ -37,12 +37,18 @@ def _row(label: str, run) -> dict:
             **{k: run.fit.test.get(k) for k in ROWS}}
 
 
-def comparison_markdown(rows: list[dict], synthetic: bool, subset: int | None, loss: str) -> str:
+def loss_label(loss: str, class_weighted: bool) -> str:
+    """What the loss really was: the name and whether class weights entered it."""
+    return f"{'class-weighted ' if class_weighted else ''}{loss}"
+
+
+def comparison_markdown(rows: list[dict], synthetic: bool, subset: int | None, loss: str,
+                        baseline_loss: str | None = None) -> str:
     head = "| model | arch | weights | trainable params | best epoch | " + " | ".join(ROWS) + " | img/s |"
     lines = ["# Prototype vs baseline", "",
              f"Same images for both ({'SYNTHETIC DATA, ' if synthetic else ''}"
-             f"{f'{subset} per class' if subset else 'all'} in train/val, full test split); loss: prototype {loss}, "
-             f"baseline class-weighted cross_entropy (as the project trains it).", "",
+             f"{f'{subset} per class' if subset else 'all'} in train/val, full test split); loss: prototype {loss}"
+             + (f", baseline {baseline_loss} (as the project trains it)" if baseline_loss else "") + ".", "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         scores = " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else "-" for k in ROWS)
@@ -77,8 +83,10 @@ class Prototype(Handler):
             return Result.failed(exc.message, exc.hint)
         rows = [_row(label, run) for label, run in runs]
         ctx.write_json("prototype.json", {"rows": rows, "runs": {label: run.summary() for label, run in runs}})
+        baseline_loss = loss_label("cross_entropy", params.class_weighted) if params.baseline else None
         ctx.write_text("comparison.md", comparison_markdown(rows, proto.data.synthetic, params.subset_per_class,
-                                                            params.loss))
+                                                            loss_label(params.loss, params.class_weighted),
+                                                            baseline_loss))
         message = proto.headline()
         if len(rows) == 2:
             p, b = rows

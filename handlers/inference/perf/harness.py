@@ -28,6 +28,10 @@ class TimingSettings:
     duration_s: float = 2.0      # timed loop lasts at least this long ...
     min_iters: int = 3           # ... and at least this many iterations ...
     max_iters: int = 2000        # ... but never more than this many
+    # A point whose minimum iterations would take longer than this (predicted from the last
+    # point measured for the same backend, compile time of its first call included) is
+    # skipped with that prediction as the reason; None times everything.
+    max_point_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.warmup_s < 0 or self.duration_s < 0:
@@ -264,12 +268,39 @@ def run_benchmark(backends: Iterable[Backend], batch_sizes: Sequence[int], make_
         broken = False
         for size in batch_sizes:
             try:
-                if not broken:
-                    broken = _measure_size(backend, size, make_batch, settings, result, out_of_memory,
-                                           timer_factory, clock)
+                if broken:
+                    continue
+                too_long = predicted_too_long(result.measurements, backend.name, size, settings)
+                if too_long:
+                    result.skipped.append({"backend": backend.name, "batch": size, "reason": too_long})
+                    continue
+                broken = _measure_size(backend, size, make_batch, settings, result, out_of_memory,
+                                       timer_factory, clock)
             finally:
                 progress(backend.name, size)
     return result
+
+
+def predicted_too_long(measurements: list[Measurement], backend: str, size: int,
+                       settings: TimingSettings) -> str | None:
+    """Why a point would overrun max_point_s, from the backend's last measured point here:
+    its time per image times this batch, for the warm-up and minimum iterations, plus its
+    first call's extra cost (a compile repeats at every new batch size). None: measure it."""
+    if settings.max_point_s is None:
+        return None
+    done = [m for m in measurements if m.backend == backend]
+    if not done:
+        return None
+    last = done[-1]
+    per_image_s = last.latency_ms["mean"] / 1000.0 / last.batch
+    first_extra_s = max(0.0, ((last.first_call_ms or 0.0) - last.latency_ms["mean"]) / 1000.0)
+    calls = settings.min_iters + max(1, settings.min_warmup_iters)
+    predicted = per_image_s * size * calls + first_extra_s
+    if predicted <= settings.max_point_s:
+        return None
+    return (f"not timed: batch {size} would take about {predicted:.0f} s here ({1000 * per_image_s:.1f} ms per "
+            f"image and {first_extra_s:.1f} s first-call cost measured at batch {last.batch}), over the "
+            f"{settings.max_point_s:g} s budget per point (max_point_s)")
 
 
 def _set_up(backend: Backend, result: BenchmarkResult) -> bool:
@@ -313,17 +344,18 @@ def _measure_size(backend: Backend, size: int, make_batch: Callable[[int], np.nd
     return False
 
 
-def predict_all(backend: Backend, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict_all(backend: Backend, images: np.ndarray, batch_size: int = 32, pad_last: bool = False) -> np.ndarray:
     """Float32 logits for every image, in batches the backend supports. Sets the backend up
-    first if the harness has not. A last batch below the backend's minimum is padded by
+    first if the harness has not. A last batch below the backend's minimum (or, with
+    pad_last, below batch_size: a compiled model then sees no new shape) is padded by
     repeating its images and the padding's logits are dropped."""
     if not backend.ready:
         prepare(backend)
     if len(images) == 0:
         raise ValueError("predict_all needs at least one image")
     step = min(batch_size, backend.max_batch) if backend.max_batch else batch_size
-    floor = backend.min_batch or 1
-    if step < floor:
+    floor = step if pad_last else (backend.min_batch or 1)
+    if step < (backend.min_batch or 1):
         raise ValueError(f"batch_size {step} is below {backend.name}'s minimum batch {floor}")
     parts = []
     for start in range(0, len(images), step):

@@ -11,7 +11,8 @@ def _missing(name: str, reason: str, hint: str = "") -> dict:
 
 def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx_int8: Path,
                   engines_dir: Path | None,
-                  engine_unavailable: Callable[[Path | None], tuple[str, str] | None]) -> tuple[list, list[dict]]:
+                  engine_unavailable: Callable[[Path | None], tuple[str, str] | None],
+                  onnx_fp16: Path | None = None, runtime_cache_dir: Path | None = None) -> tuple[list, list[dict]]:
     from handlers.inference.perf.backends import TORCH_MODES, OrtBackend, TorchBackend, TrtBackend
     from handlers.inference.perf.harness import Unavailable
 
@@ -32,6 +33,11 @@ def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx
             add(name, lambda name=name: TorchBackend(model, device, torch_mode[name]))
         elif name == "onnxruntime-fp32":
             add(name, lambda: OrtBackend(onnx_fp32, "onnxruntime-fp32", "fp32"))
+        elif name == "onnxruntime-fp16":
+            if onnx_fp16 is None:
+                unavailable.append(_missing(name, "no FP16 ONNX model was given", "AG-DS-TRTPROFILE-001 writes it"))
+                continue
+            add(name, lambda: OrtBackend(onnx_fp16, "onnxruntime-fp16", "fp16"))
         elif name == "onnxruntime-int8":
             add(name, lambda: OrtBackend(onnx_int8, "onnxruntime-int8", "int8"))
         elif name == "tensorrt":
@@ -43,5 +49,9 @@ def make_backends(names: list[str], model, device: str, *, onnx_fp32: Path, onnx
             found, problems = find_engines(Path(engines_dir))
             unavailable += [_missing("tensorrt", problem, "atlas run AG-DS-TRTENGINE-001 --force") for problem in problems]
             for record, path in found:
-                add(f"tensorrt-{record.precision}", lambda path=path, record=record: TrtBackend(path, record.precision))
+                cache = (runtime_cache_dir / f"{record.family}-{record.tensorrt_version}.cache"
+                         if runtime_cache_dir is not None and record.family == "tensorrt-rtx" else None)
+                add(f"{record.family}-{record.precision}", lambda path=path, record=record, cache=cache: TrtBackend(
+                    path, record.precision, family=record.family, targets=record.target_compute_capabilities,
+                    runtime_cache=cache))
     return backends, unavailable

@@ -134,9 +134,15 @@ def tensorrt_major(version: str) -> int:
     return int(match.group(1))
 
 
-def settings_for(settings: dict, version: str) -> dict:
+def settings_for(settings: dict, version: str, family: str = "tensorrt") -> dict:
     """The settings for this TensorRT: the shared keys plus one entry per precision, and
-    "tensorrt" naming the major they were written for."""
+    "tensorrt" naming the major they were written for. TensorRT for RTX builds only strongly
+    typed networks, like TensorRT 11: it takes those entries whatever its own version."""
+    if family == "tensorrt-rtx":
+        if "11" not in settings:
+            raise TrtError(f"the build settings have no strongly typed entry (found {sorted(settings)})", _RERUN)
+        return {"workspace_bytes": settings["workspace_bytes"], "profile": settings["profile"], "tensorrt": "11",
+                **settings["11"]}
     major = tensorrt_major(version)
     if major < 10:
         raise TrtError(f"TensorRT {version} is too old: the engine step needs TensorRT 10 or newer",

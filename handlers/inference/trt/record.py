@@ -15,7 +15,6 @@ from pathlib import Path
 from atlas.atomic import write_atomically
 from handlers.inference.trt.errors import TrtError
 
-BUILDERS = ("python-api", "trtexec")
 _REBUILD = "atlas run AG-DS-TRTENGINE-001 --force"
 
 
@@ -46,7 +45,10 @@ class EngineRecord:
     onnx_sha256: str
     strongly_typed: bool
     builder_flags: list[str] = field(default_factory=list)
-    timing_cache: dict = field(default_factory=dict)   # {"path": str, "reused": bool}
+    timing_cache: dict = field(default_factory=dict)   # {"path": str, "reused": bool}; {} for TensorRT for RTX
+    family: str = "tensorrt"                           # "tensorrt" | "tensorrt-rtx": which runtime loads it
+    target_compute_capabilities: list[str] = field(default_factory=list)   # what the engine was built to run on
+    layers: dict = field(default_factory=dict)         # the network's layers (handlers.inference.trt.builder)
     created: str = field(default_factory=now_iso)
 
     def to_json(self) -> str:

@@ -7,14 +7,19 @@ this module imports anywhere.
 from __future__ import annotations
 
 import importlib
+import sys
+import time
 import weakref
+from collections import deque
 from pathlib import Path
 from typing import Any
 
+from atlas.atomic import write_atomically
 from handlers.inference.trt.errors import TrtError
 
-# the full package first; the lean runtime (inference only) where that is all there is
-RUNTIME_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
+# per family: the full package first; the lean runtime (inference only) where that is all there is
+RUNTIME_MODULES = {"tensorrt": ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings"),
+                   "tensorrt-rtx": ("tensorrt_rtx",)}
 _REBUILD = "atlas run AG-DS-TRTENGINE-001 --force"
 # by name, so a DataType that one TensorRT version lacks is simply left out
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
@@ -24,20 +29,46 @@ _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT
 _LOGGERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _capturing_logger(trt: Any) -> Any:
+    """A logger that prints warnings and errors (as TensorRT's own does) and keeps the last
+    errors, so a refusal is reported in the runtime's own words."""
+    base = getattr(trt, "ILogger", None)
+
+    class Capturing(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.errors: deque[str] = deque(maxlen=20)
+            self._error_levels = {trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR}
+            self._shown = self._error_levels | {trt.ILogger.Severity.WARNING}
+
+        def log(self, severity, message) -> None:
+            if severity in self._error_levels:
+                self.errors.append(str(message))
+            if severity in self._shown:
+                print(f"[TensorRT] {message}", file=sys.stderr)
+    return Capturing()
+
+
 def shared_logger(trt: Any) -> Any:
     """One logger per TensorRT module: TensorRT keeps the first logger it was given for the
     whole process and warns about every different one passed after it."""
     if trt not in _LOGGERS:
-        _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
+        try:
+            _LOGGERS[trt] = _capturing_logger(trt)
+        except (TypeError, AttributeError):      # a binding that cannot be subclassed: its own logger
+            _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
     return _LOGGERS[trt]
 
 
-def runtime_module() -> Any:
-    for name in RUNTIME_MODULES:
+def runtime_module(family: str = "tensorrt") -> Any:
+    for name in RUNTIME_MODULES[family]:
         try:
             return importlib.import_module(name)
         except (ImportError, OSError):
             continue
+    if family == "tensorrt-rtx":
+        raise TrtError("TensorRT for RTX is not installed: tensorrt_rtx does not import",
+                       "pip install 'atlas-runner[tensorrt-rtx]' on the machine with the RTX GPU")
     raise TrtError("TensorRT runtime not installed: neither tensorrt nor its lean runtime imports",
                    "pip install tensorrt-cu13 (NVIDIA's wheels) on a CUDA machine")
 
@@ -59,20 +90,41 @@ class TrtRunner:
     The output tensor of each shape is allocated once and reused by later calls of that
     shape: read or copy it before the next infer() of the same shape."""
 
-    def __init__(self, engine_path: Path, trt: Any = None, device: str = "cuda") -> None:
+    def __init__(self, engine_path: Path, trt: Any = None, device: str = "cuda", family: str = "tensorrt",
+                 runtime_cache: Path | None = None) -> None:
         import torch
 
-        trt = trt if trt is not None else runtime_module()
+        trt = trt if trt is not None else runtime_module(family)
         self.engine_path = Path(engine_path)
         self.device = torch.device(device)
+        self.family = family
         if not self.engine_path.is_file():
             raise TrtError(f"engine {self.engine_path} not found", _REBUILD)
         self._logger = shared_logger(trt)
+        errors = getattr(self._logger, "errors", None)
+        seen = len(errors) if errors is not None else 0
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
-            raise TrtError(*_load_failure(trt, self.engine_path))
-        self._context = self._engine.create_execution_context()
+            said = list(errors)[seen:] if errors is not None else []
+            raise TrtError(*_load_failure(trt, self.engine_path, said))
+        # TensorRT for RTX compiles its kernels for this GPU when the context is made ("JIT");
+        # a runtime cache kept between runs saves that work (family tensorrt-rtx only)
+        self.runtime_cache_path = Path(runtime_cache) if runtime_cache is not None else None
+        self.runtime_cache_loaded = False
+        self._runtime_cache = None
+        started = time.perf_counter()
+        if family == "tensorrt-rtx":
+            config = self._engine.create_runtime_config()
+            if self.runtime_cache_path is not None:
+                self._runtime_cache = config.create_runtime_cache()
+                if self.runtime_cache_path.is_file():
+                    self.runtime_cache_loaded = bool(self._runtime_cache.deserialize(self.runtime_cache_path.read_bytes()))
+                config.set_runtime_cache(self._runtime_cache)
+            self._context = self._engine.create_execution_context(config)
+        else:
+            self._context = self._engine.create_execution_context()
+        self.context_seconds = time.perf_counter() - started
         if self._context is None:
             raise TrtError(f"TensorRT could not create an execution context for {self.engine_path.name}",
                            "the GPU may be out of memory; close other programs on it")
@@ -149,6 +201,10 @@ class TrtRunner:
         self._input_shape, self._output_shape = shape, output_shape
 
     def close(self) -> None:
+        if self._runtime_cache is not None and self.runtime_cache_path is not None:
+            self.runtime_cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.runtime_cache_path, self._runtime_cache.serialize())
+            self._runtime_cache = None
         # context before engine before runtime: each depends on the next
         self._outputs.clear()
         self._context = None
@@ -162,11 +218,16 @@ class TrtRunner:
         self.close()
 
 
-def _load_failure(trt: Any, engine_path: Path) -> tuple[str, str]:
+def _load_failure(trt: Any, engine_path: Path, said: list[str] | None = None) -> tuple[str, str]:
     version = getattr(trt, "__version__", "?")
-    message = (f"TensorRT {version} could not load {engine_path.name}: it was built by another TensorRT "
-               "version or for another GPU (or the file is damaged)")
     name = getattr(trt, "__name__", "")
+    who = f"TensorRT for RTX {version}" if "rtx" in name else f"TensorRT {version}"
+    if said:          # the runtime's own words, never a guess
+        words = "; ".join(dict.fromkeys(m.strip() for m in said[-4:]))
+        return f"{who} refused {engine_path.name}: {words}", f"the engine was built for other hardware or " \
+            f"another version; rebuild for this GPU: {_REBUILD}"
+    message = (f"{who} could not load {engine_path.name}: it was built by another TensorRT "
+               "version or for another GPU (or the file is damaged)")
     if "lean" in name:
         # the lean runtime runs only engines built version-compatible
         message += f"; only the lean runtime ({name}) is installed, and it loads only version-compatible engines"

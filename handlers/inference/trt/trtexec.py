@@ -18,6 +18,8 @@ from handlers.inference.trt.record import EngineRecord
 
 KEEP_LINES = 40
 HEAD_LINES = 5
+# what trtexec logs when it read a timing cache (TensorRT's samples/common loadTimingCacheFile)
+_CACHE_LOADED = re.compile(r"Loaded (\d+) bytes of timing cache from")
 # set by trtexec_command from the settings' current values, not from the stored arguments
 _DERIVED = ("--memPoolSize", "--minShapes", "--optShapes", "--maxShapes", "--timingCacheFile", "--onnx",
             "--saveEngine", "--skipInference")
@@ -74,7 +76,6 @@ def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, precisi
         raise TrtError(f"ONNX model {onnx_path} not found", f"re-run {PROFILE_STEP} (and AG-DS-ONNXCONV-001)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
-    reused = timing_cache_path.is_file() and timing_cache_path.stat().st_size > 0
     # trtexec writes the engine itself: into a side file, renamed once it is whole
     partial = engine_path.with_name(f".{engine_path.name}.partial")
     partial.unlink(missing_ok=True)
@@ -83,7 +84,7 @@ def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, precisi
 
     started = time.perf_counter()
     try:
-        code, head, tail, timed_out = _run(command, timeout, log)
+        code, head, tail, timed_out, loaded = _run(command, timeout, log)
         seconds = time.perf_counter() - started
         output = "\n".join(tail)
         if timed_out:
@@ -111,13 +112,16 @@ def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, precisi
         compute_capability=capability, profile=dict(settings["profile"]), build_seconds=round(seconds, 3),
         size_bytes=engine_path.stat().st_size, onnx=onnx_path.name, onnx_sha256=file_sha256(onnx_path),
         strongly_typed=strongly_typed, builder_flags=builder_flags,
-        timing_cache={"path": str(timing_cache_path), "reused": reused})
+        # reused only when trtexec says it read the cache, not because the file exists
+        timing_cache={"path": str(timing_cache_path), "reused": loaded > 0, "loaded_bytes": loaded})
 
 
 def _run(command: list[str], timeout: float,
-         log: logging.Logger | logging.LoggerAdapter) -> tuple[int, list[str], list[str], bool]:
-    """(exit code, first lines, last lines, timed out): the output goes to the debug log as it
-    comes; the first lines hold the version banner, the last ones the reason for a failure."""
+         log: logging.Logger | logging.LoggerAdapter) -> tuple[int, list[str], list[str], bool, int]:
+    """(exit code, first lines, last lines, timed out, timing-cache bytes trtexec says it
+    loaded): the output goes to the debug log as it comes; the first lines hold the version
+    banner, the last ones the reason for a failure."""
+    loaded = 0
     head: list[str] = []
     tail: deque[str] = deque(maxlen=KEEP_LINES)
     try:
@@ -140,6 +144,9 @@ def _run(command: list[str], timeout: float,
             if len(head) < HEAD_LINES:
                 head.append(line)
             tail.append(line)
+            found = _CACHE_LOADED.search(line)
+            if found:
+                loaded = int(found.group(1))
             log.debug("trtexec: %s", line)
         code = process.wait()
     finally:
@@ -147,4 +154,4 @@ def _run(command: list[str], timeout: float,
         if process.poll() is None:
             process.kill()
             process.wait()
-    return code, head, list(tail), expired.is_set()
+    return code, head, list(tail), expired.is_set(), loaded
