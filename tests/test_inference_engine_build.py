@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-from pathlib import Path
 
 import pytest
 

@@ -141,3 +141,26 @@ def test_a_broken_export_fails_onnxconv(tmp_path, monkeypatch):
     assert result.status == "failed" and result.message.startswith("ONNX parity failed")
     record = json.loads((tmp_path / "out" / "export.json").read_text())
     assert record["parity"]["passed"] is False and record["parity"]["top1_agreement"] < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+def test_gpu_chain_times_every_backend_with_and_without_the_copy(tmp_path):
+    """The same chain where CUDA exists: CUDA-event timings in both input placements, the
+    ONNX Runtime backends on the provider they really ran on, engines listed or timed."""
+    root = project(tmp_path)
+    code, report = run(root, BENCH)
+    steps = report["steps"]
+    assert code == 0 and steps[BENCH]["status"] == "succeeded", steps
+    bench = json.loads((root / ".atlas" / "out" / BENCH / "benchmark.json").read_text())
+    eager = {(m["batch"], m["h2d"], m["timer"]) for m in bench["measurements"] if m["backend"] == "pytorch-eager-fp32"}
+    assert {(1, False, "cuda-events"), (1, True, "cuda-events")} <= eager
+    assert any(m["backend"] == "pytorch-fp16-channels-last" for m in bench["measurements"])
+    engines = [u for u in bench["unavailable"] if u["backend"].startswith("tensorrt")]
+    timed = {m["backend"] for m in bench["measurements"] if m["backend"].startswith("tensorrt")}
+    if importlib.util.find_spec("tensorrt_rtx") is not None:
+        # built; either timed (an RTX-class GPU) or refused in the runtime's own words (e.g. Hopper)
+        for precision in ("fp32", "fp16", "int8"):
+            name = f"tensorrt-rtx-{precision}"
+            refused = [u["reason"] for u in engines if u["backend"] == name]
+            assert name in timed or (refused and "not runnable here: TensorRT for RTX" in refused[0]), (name, engines)

@@ -133,3 +133,27 @@ def test_the_engine_step_builds_every_precision_with_tensorrt_for_rtx_without_a_
     record = EngineRecord.read(tmp_path / "out" / "engines" / "model_int8.json")
     assert record.family == "tensorrt-rtx" and record.onnx == ONNX_FILES["int8"]
     assert not (tmp_path / ".atlas" / "cache" / "tensorrt").exists()      # no timing cache for TensorRT for RTX
+
+
+@pytest.mark.gpu
+def test_this_gpus_runtime_runs_the_engine_or_refuses_it_in_its_own_words(models, tmp_path):
+    from handlers.inference.trt.runtime import TrtRunner
+    entry = rtx_entry("fp16")
+    engine = tmp_path / "model_fp16.engine"
+    build_engine(models / entry["onnx"], engine, "fp16", entry, None, LOG, family="tensorrt-rtx")
+    major, minor = torch.cuda.get_device_capability(0)
+    capability = f"{major}.{minor}"
+    try:
+        runner = TrtRunner(engine, family="tensorrt-rtx", runtime_cache=tmp_path / "rt.cache")
+    except TrtError as exc:
+        assert capability not in RTX_DEFAULT_TARGETS and not capability.startswith("12.")
+        assert exc.message.startswith(f"TensorRT for RTX {trt.__version__} refused model_fp16.engine: ")
+        assert capability in exc.message          # the runtime names this GPU's capability
+        return
+    x = torch.zeros(4, 3, SIZE, SIZE, device="cuda")
+    stream = torch.cuda.Stream()
+    out = runner.infer(x, stream.cuda_stream)
+    stream.synchronize()
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+    runner.close()
+    assert (tmp_path / "rt.cache").stat().st_size > 0

@@ -78,8 +78,9 @@ def test_a_set_it_can_only_memorise_stops_early_and_keeps_the_best_epoch(tmp_pat
 def test_on_a_gpu_training_uses_amp_channels_last_and_pinned_memory(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    params = TrainParams(epochs=6, batch_size=16, lr=2e-3, patience=6, workers=2)
+    params = TrainParams(epochs=6, batch_size=16, lr=2e-3, patience=6, workers=2, min_steps=30)
     run = run_training(params, tiny_project(), tmp_path, tmp_path / "model.pt", Recorder())
+    assert run.fit.optimizer_steps >= 30                      # the step budget raised the epochs
     p = run.placement
     assert p.is_cuda and p.channels_last and p.pin_memory
     assert p.amp_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)

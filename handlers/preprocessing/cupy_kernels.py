@@ -15,32 +15,52 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-_VECTOR_SOURCE = r"""
-extern "C" __global__ void nhwc_u8_to_nchw_f32_x4(
+def vector_source(groups: int = 1, streaming: bool = False) -> str:
+    """CUDA source of the hand-written kernel: each thread turns `groups` x 4 neighbouring
+    pixels (12 bytes each, read as three 32-bit words) into one float4 store per channel
+    plane and group; `streaming` stores with __stcs (evict-first: the output is not read
+    again by this kernel, so it need not stay in L2)."""
+    store = "__stcs" if streaming else "_store"
+    body = []
+    for g in range(groups):
+        body.append(f"""
+        {{
+            const long long t = base + {g};
+            const unsigned int w0 = __ldg(src + 3 * t), w1 = __ldg(src + 3 * t + 1), w2 = __ldg(src + 3 * t + 2);
+            // little-endian bytes: w0 = r0 g0 b0 r1, w1 = g1 b1 r2 g2, w2 = b2 r3 g3 b3
+            const float r0 = (float)(w0 & 255u), g0 = (float)((w0 >> 8) & 255u), c0 = (float)((w0 >> 16) & 255u);
+            const float r1 = (float)(w0 >> 24), g1 = (float)(w1 & 255u), c1 = (float)((w1 >> 8) & 255u);
+            const float r2 = (float)((w1 >> 16) & 255u), g2 = (float)(w1 >> 24), c2 = (float)(w2 & 255u);
+            const float r3 = (float)((w2 >> 8) & 255u), g3 = (float)((w2 >> 16) & 255u), c3 = (float)(w2 >> 24);
+            float4* plane = dst + n * 3 * hw4 + q + {g};
+            {store}(plane, make_float4(fmaf(r0, s0, b0), fmaf(r1, s0, b0), fmaf(r2, s0, b0), fmaf(r3, s0, b0)));
+            {store}(plane + hw4, make_float4(fmaf(g0, s1, b1), fmaf(g1, s1, b1), fmaf(g2, s1, b1), fmaf(g3, s1, b1)));
+            {store}(plane + 2 * hw4, make_float4(fmaf(c0, s2, b2), fmaf(c1, s2, b2), fmaf(c2, s2, b2), fmaf(c3, s2, b2)));
+        }}""")
+    return r"""
+__device__ __forceinline__ void _store(float4* p, float4 v) { *p = v; }
+
+extern "C" __global__ void nhwc_u8_to_nchw_f32(
         const unsigned int* __restrict__ src,   // N*H*W*3 bytes, as 32-bit words
         float4* __restrict__ dst,               // N*3*H*W floats, as float4
         const long long hw4,                    // H*W / 4
-        const long long total,                  // N * H*W / 4: one thread per 4 pixels
+        const long long total,                  // N*H*W / (4*GROUPS): one thread per GROUPS*4 pixels
         const float s0, const float s1, const float s2,   // 1 / (255 * std)
         const float b0, const float b1, const float b2)   // -mean / std
 {
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long stride = (long long)gridDim.x * blockDim.x;
-    for (; t < total; t += stride) {
-        const long long n = t / hw4, q = t - n * hw4;      // image, group of 4 pixels in it
-        const unsigned int w0 = __ldg(src + 3 * t), w1 = __ldg(src + 3 * t + 1), w2 = __ldg(src + 3 * t + 2);
-        // little-endian bytes: w0 = r0 g0 b0 r1, w1 = g1 b1 r2 g2, w2 = b2 r3 g3 b3
-        const float r0 = (float)(w0 & 255u),         g0 = (float)((w0 >> 8) & 255u), b0_ = (float)((w0 >> 16) & 255u);
-        const float r1 = (float)(w0 >> 24),          g1 = (float)(w1 & 255u),        b1_ = (float)((w1 >> 8) & 255u);
-        const float r2 = (float)((w1 >> 16) & 255u), g2 = (float)(w1 >> 24),         b2_ = (float)(w2 & 255u);
-        const float r3 = (float)((w2 >> 8) & 255u),  g3 = (float)((w2 >> 16) & 255u), b3_ = (float)(w2 >> 24);
-        float4* plane = dst + n * 3 * hw4 + q;
-        plane[0]       = make_float4(fmaf(r0, s0, b0), fmaf(r1, s0, b0), fmaf(r2, s0, b0), fmaf(r3, s0, b0));
-        plane[hw4]     = make_float4(fmaf(g0, s1, b1), fmaf(g1, s1, b1), fmaf(g2, s1, b1), fmaf(g3, s1, b1));
-        plane[2 * hw4] = make_float4(fmaf(b0_, s2, b2), fmaf(b1_, s2, b2), fmaf(b2_, s2, b2), fmaf(b3_, s2, b2));
+    for (long long task = (long long)blockIdx.x * blockDim.x + threadIdx.x; task < total; task += stride) {
+        const long long base = task * GROUPS;                  // first group of 4 pixels
+        const long long n = base / hw4, q = base - n * hw4;    // image, group within it
+""".replace("GROUPS", str(groups)) + "".join(body) + """
     }
 }
 """
+
+
+# The variant AG-DS-CUPY-001 runs (benchmarks/fused_kernel_variants.py measured the others).
+VECTOR_GROUPS, VECTOR_STREAMING = 1, False
+_VECTOR_SOURCE = vector_source(VECTOR_GROUPS, VECTOR_STREAMING)
 
 _ELEMENTWISE_BODY = """
     long long hw = (long long)h * w;
@@ -57,9 +77,9 @@ def _constants(mean, std):
 
 
 @lru_cache(maxsize=None)
-def _vector_kernel():
+def _vector_kernel(groups: int = VECTOR_GROUPS, streaming: bool = VECTOR_STREAMING):
     import cupy
-    return cupy.RawKernel(_VECTOR_SOURCE, "nhwc_u8_to_nchw_f32_x4")
+    return cupy.RawKernel(vector_source(groups, streaming), "nhwc_u8_to_nchw_f32")
 
 
 @lru_cache(maxsize=None)
@@ -92,22 +112,24 @@ def elementwise(batch, mean, std, out=None):
     return _elementwise_kernel()(batch, scale, bias, h, w, out)
 
 
-def vectorized(batch, mean, std, out=None, threads: int = 256):
-    """The hand-written kernel (see the module's docstring); `elementwise` when H*W % 4 != 0."""
+def vectorized(batch, mean, std, out=None, threads: int = 256, groups: int = VECTOR_GROUPS,
+               streaming: bool = VECTOR_STREAMING):
+    """The hand-written kernel (see vector_source); `elementwise` when H*W is not a multiple
+    of 4 x groups."""
     import cupy
     _check(batch)
     n, h, w, c = batch.shape
-    if (h * w) % 4:
+    if (h * w) % (4 * groups):
         return elementwise(batch, mean, std, out)
     if out is None:
         out = cupy.empty((n, c, h, w), dtype=cupy.float32)
     scale, bias = _constants(mean, std)
-    total = n * h * w // 4
+    total = n * h * w // (4 * groups)
     device = cupy.cuda.Device()
     blocks = min((total + threads - 1) // threads, device.attributes["MultiProcessorCount"] * 32)
     f32 = cupy.float32
-    _vector_kernel()((blocks,), (threads,), (batch, out, cupy.int64(h * w // 4), cupy.int64(total),
-                                             *(f32(v) for v in scale), *(f32(v) for v in bias)))
+    _vector_kernel(groups, streaming)((blocks,), (threads,), (batch, out, cupy.int64(h * w // 4), cupy.int64(total),
+                                                              *(f32(v) for v in scale), *(f32(v) for v in bias)))
     return out
 
 

@@ -45,6 +45,8 @@ def _decode_args(spec: PipelineSpec, types) -> dict:
     args = {"device": spec.decoder, "output_type": types.GRAY}
     if spec.decoder == "mixed":
         args.update(device_memory_padding=_DEVICE_PADDING, host_memory_padding=_HOST_PADDING)
+        if spec.hw_decoder_load is not None:
+            args["hw_decoder_load"] = float(spec.hw_decoder_load)
     return args
 
 

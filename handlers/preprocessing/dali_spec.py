@@ -43,6 +43,11 @@ class PipelineSpec:
     device_id: int | None = 0                        # None: a CPU-only pipeline (tests, no GPU)
     decode_only: bool = False                        # reader + decoder, nothing after (speed)
     prefetch: int = 2
+    # share of JPEGs the GPU's hardware decoder takes; the rest goes to nvJPEG's CUDA/hybrid
+    # decoder on the SMs, which the training needs. All of it: on an H200 the pipeline went
+    # from 6,976 to 7,981 img/s and compiled DALI-fed training from 65% to 76% of resident
+    # (benchmarks/results/dali-feed-h200-2026-12-01.json; DALI's default is 0.65)
+    hw_decoder_load: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
