@@ -111,27 +111,34 @@ def schema() -> None:
 
 @main.command()
 @click.argument("targets", nargs=-1)
-@click.option("--json", "fmt", flag_value="json", help="JSON on stdout.")
-@click.option("--dot", "fmt", flag_value="dot", help="Graphviz DOT (pipe into `dot -Tsvg`).")
-@click.option("--mermaid", "fmt", flag_value="mermaid", help="Mermaid flowchart (for Markdown).")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+@click.option("--dot", is_flag=True, help="Graphviz DOT (pipe into `dot -Tsvg`).")
+@click.option("--mermaid", is_flag=True, help="Mermaid flowchart (for Markdown).")
 @click.option("-f", "--force", is_flag=True, help="Plan the targets as forced.")
 @click.option("--force-all", is_flag=True, help="Plan every step as forced.")
 @click.pass_context
-def plan(ctx: click.Context, targets: tuple[str, ...], fmt: str | None, force: bool, force_all: bool) -> None:
+def plan(ctx: click.Context, targets: tuple[str, ...], as_json: bool, dot: bool, mermaid: bool, force: bool,
+         force_all: bool) -> None:
     """Show what `atlas run TARGET...` would do: levels that may run in parallel, and for
-    each step run / up to date / skip / wait with the reason. No TARGET: every step."""
+    each step run / up to date / skip / wait with the reason. No TARGET: every step.
+    --json, --dot and --mermaid choose one output format (one at a time)."""
     from atlas import render
+    from atlas.errors import UsageError
     from atlas.workflow import check_targets, make_plan, open_store
 
+    chosen_formats = [name for name, on in (("--json", as_json), ("--dot", dot), ("--mermaid", mermaid)) if on]
+    if len(chosen_formats) > 1:
+        raise UsageError(f"{' and '.join(chosen_formats)} are different output formats: choose one",
+                         "run `atlas plan` once per format, e.g. `atlas plan --dot > plan.dot`")
     project = _project(ctx)
     chosen = check_targets(project, targets)
     store = open_store(project)
     graph, p = make_plan(project, store, _probe(), chosen, chosen if force else (), force_all)
     store.close()
-    renderers = {"json": lambda: json.dumps(render.plan_json(project, graph, p), indent=2),
-                 "dot": lambda: render.plan_dot(project, graph, p),
-                 "mermaid": lambda: render.plan_mermaid(project, graph, p)}
-    click.echo(renderers.get(fmt or "", lambda: render.plan_text(project, graph, p))())
+    renderers = {"--json": lambda: json.dumps(render.plan_json(project, graph, p), indent=2),
+                 "--dot": lambda: render.plan_dot(project, graph, p),
+                 "--mermaid": lambda: render.plan_mermaid(project, graph, p)}
+    click.echo(renderers.get(chosen_formats[0] if chosen_formats else "", lambda: render.plan_text(project, graph, p))())
 
 
 @main.command()
@@ -145,12 +152,17 @@ def plan(ctx: click.Context, targets: tuple[str, ...], fmt: str | None, force: b
 @click.option("--strict", is_flag=True, help="Exit 4 when any step was skipped or is waiting.")
 @click.option("--wait", "wait_lock", is_flag=True, help="Queue behind another atlas run instead of stopping.")
 @click.option("-v", "--verbose", is_flag=True, help="Echo every step's log lines to stderr.")
+@click.option("--no-report", "report", flag_value=False, default=True,
+              help="Do not write .atlas/report.html at the end (`atlas report` writes one any time).")
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary on stdout.")
 @click.pass_context
 def run(ctx: click.Context, targets: tuple[str, ...], dry_run: bool, **opts: Any) -> None:
-    """Run the TARGET tasks and everything upstream of them, skipping what is up to date."""
+    """Run the TARGET tasks and everything upstream of them, skipping what is up to date.
+
+    At the end it writes the HTML report of the run to .atlas/report.html (the last line
+    names it); `atlas status`, `show` and `history` read the same results."""
     if dry_run:
-        ctx.invoke(plan, targets=targets, fmt="json" if opts["as_json"] else None, force=opts["force"],
+        ctx.invoke(plan, targets=targets, as_json=opts["as_json"], dot=False, mermaid=False, force=opts["force"],
                    force_all=opts["force_all"])
         return
     from atlas.console import RunDisplay
@@ -162,7 +174,10 @@ def run(ctx: click.Context, targets: tuple[str, ...], dry_run: bool, **opts: Any
     with RunDisplay(out=sys.stderr if as_json else sys.stdout, verbose=verbose) as display:
         report = run_workflow(project, _probe(), RunOptions(list(targets), argv=sys.argv, **opts), display)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
-    _emit_json(report.as_dict()) if as_json else click.echo(f"run {report.run_id}: {counts}")
+    for problem in report.report_problems:
+        click.echo(f"warning: {problem}", err=True)
+    written = f" — report: {report.report_path}" if report.report_path else ""
+    _emit_json(report.as_dict()) if as_json else click.echo(f"run {report.run_id}: {counts}{written}")
     sys.exit(report.exit_code)
 
 
@@ -195,32 +210,35 @@ def show(ctx: click.Context, task: str, log_lines: int, as_json: bool) -> None:
 
 @main.command()
 @click.argument("task", required=False)
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("-n", "--limit", type=click.IntRange(min=1), default=30, show_default=True,
+              help="How many step runs to read.")
+@click.option("--all", "unfold", is_flag=True, help="List every up-to-date check instead of folding them.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 @click.pass_context
-def history(ctx: click.Context, task: str | None, limit: int, as_json: bool) -> None:
-    """Past step runs, newest first (of one TASK, or of all)."""
-    from dataclasses import asdict
-
+def history(ctx: click.Context, task: str | None, limit: int, unfold: bool, as_json: bool) -> None:
+    """Past step runs, newest first (of one TASK, or of all). An up-to-date check shows
+    the result it repeats; runs of such checks fold into one line."""
     from atlas.queries import history as step_history
     from atlas.render import history_text
 
     rows = step_history(_project(ctx), task, limit)
-    _emit_json([asdict(r) for r in rows]) if as_json else click.echo(history_text(rows))
+    _emit_json(rows) if as_json else click.echo(history_text(rows, unfold))
 
 
 @main.command()
 @click.argument("run_a", type=int)
 @click.argument("run_b", type=int)
+@click.option("--all", "everything", is_flag=True, help="Show unchanged steps and metrics too.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
 @click.pass_context
-def compare(ctx: click.Context, run_a: int, run_b: int, as_json: bool) -> None:
-    """Two runs side by side: each step's status and duration, and the change in every
-    metric both recorded (run numbers as `atlas run` and `atlas history` print them)."""
+def compare(ctx: click.Context, run_a: int, run_b: int, everything: bool, as_json: bool) -> None:
+    """What changed from run RUN_A to run RUN_B: each step's status and result, and every
+    metric whose value moved (run numbers as `atlas run` and `atlas history` print them).
+    Warns when the runs ran on different GPUs, drivers or library versions."""
     from atlas.queries import compare as compare_runs
     from atlas.render import compare_text
 
-    data = compare_runs(_project(ctx), run_a, run_b)
+    data = compare_runs(_project(ctx), run_a, run_b, everything)
     _emit_json(data) if as_json else click.echo(compare_text(data))
 
 
@@ -237,19 +255,25 @@ def env(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["html", "md", "json"]), default="md", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@click.option("--run", "run_id", type=click.IntRange(min=1), help="Report as of this run (default: the latest).")
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "json"]), default="html", show_default=True)
+@click.option("--lang", type=click.Choice(["en", "tr"]), default="en", show_default=True,
+              help="Language of the labels; titles appear as written in the manifests, in both.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write to this file (default: .atlas/report.<format>; `-` for stdout).")
 @click.pass_context
-def report(ctx: click.Context, fmt: str, output: str | None) -> None:
-    """Status report: the Ana/Alt/Makro/Mikro Görev tree with every task's last result,
-    findings, metrics and the environment (HTML, Markdown or JSON)."""
-    from atlas.report import build, render
+def report(ctx: click.Context, run_id: int | None, fmt: str, lang: str, output: str | None) -> None:
+    """The workplan's report: the Ana/Alt/Makro/Mikro Görev tree with every task's result,
+    the dependency graph, charts (training curves, latency and throughput, accuracy), the
+    benchmark tables, findings, metrics, artifacts, logs, environment, licenses and history.
 
-    data = build(_project(ctx), _probe())
-    text = json.dumps(data, indent=2, default=str) if fmt == "json" else render(data, fmt)
-    Path(output).write_text(text, encoding="utf-8") if output else click.echo(text, nl=False)
-    if output:
-        click.echo(f"wrote {output}", err=True)
+    HTML is one self-contained file (no network, no JavaScript); Markdown suits CI
+    comments (tables instead of charts); JSON is for machines."""
+    from atlas.report import write_report
+
+    target = write_report(_project(ctx), _probe(), fmt=fmt, lang=lang, run_id=run_id, output=output)
+    if target is not None:
+        click.echo(f"wrote {target}", err=True)
 
 
 @main.command()

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from atlas.atomic import write_atomically
+from atlas.charts import Figure
 
 ResultStatus = Literal["succeeded", "failed", "skipped", "waiting"]
 
@@ -136,6 +137,10 @@ class Context:
             self.log.warning("metric %s is %s; stored as null", name, value)
         self.emit({"type": "metric", "name": name, "value": value if math.isfinite(value) else None,
                    "unit": unit, "step": step})
+
+    def figure(self, figure: "Figure") -> None:
+        """Hand the report a chart or a table (atlas.charts) to show with this step's result."""
+        self.emit({"type": "figure", "spec": figure.model_dump(mode="json")})
 
     def progress(self, total: float | None, description: str) -> Progress:
         return Progress(self.emit, self.task_id, total, description)

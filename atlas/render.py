@@ -8,7 +8,6 @@ import networkx as nx
 
 from atlas.loader import Project
 from atlas.planner import Plan
-from atlas.state import StepRun
 
 ACTION_WORD = {"run": "run", "up-to-date": "up to date", "skip": "skip", "wait": "wait"}
 STATUS_COLOR = {"run": "#1f77b4", "up-to-date": "#2ca02c", "skip": "#7f7f7f", "wait": "#ff7f0e"}
@@ -42,40 +41,70 @@ def plan_text(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _q(text: str) -> str:
-    """Text safe inside a double-quoted DOT or Mermaid label (reasons quote param values)."""
-    return text.replace('"', "'")
+def _dot(text: str) -> str:
+    """Text inside a double-quoted DOT string: backslashes and quotes escaped, no newlines."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def _label(project: Project, task: str) -> str:
-    return _q(project.steps[task].manifest.title_en)
+# Mermaid reads entity codes (#quot; #lt; ...) inside quoted labels; '#' itself must go first
+_MERMAID_ENTITIES = (("#", "#35;"), ("&", "#amp;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"),
+                     ("\n", " "))
+
+
+def mermaid_text(text: str) -> str:
+    """Manifest text safe inside a quoted Mermaid label: no HTML, no breaking quote."""
+    for raw, code in _MERMAID_ENTITIES:
+        text = text.replace(raw, code)
+    return text
 
 
 def plan_dot(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
     lines = ["digraph atlas {", "  rankdir=LR;", "  node [shape=box, style=\"rounded,filled\", fontname=Helvetica];"]
     for task in plan.order():
         d = plan.decisions[task]
-        lines.append(f'  "{task}" [label="{task}\\n{_label(project, task)}\\n{ACTION_WORD[d.action]}: '
-                     f'{_q(d.reason)}", fillcolor="{STATUS_COLOR[d.action]}", fontcolor=white];')
+        label = "\\n".join(_dot(t) for t in (task, project.steps[task].manifest.title_en,
+                                               f"{ACTION_WORD[d.action]}: {d.reason}"))
+        lines.append(f'  "{_dot(task)}" [label="{label}", fillcolor="{STATUS_COLOR[d.action]}", fontcolor=white];')
     for dep, task in sorted(graph.edges):
-        lines.append(f'  "{dep}" -> "{task}";')
+        lines.append(f'  "{_dot(dep)}" -> "{_dot(task)}";')
     return "\n".join(lines + ["}"])
 
 
 def _mermaid_id(task: str) -> str:
-    return task.replace("-", "_")
+    return "".join(c if c.isalnum() else "_" for c in task)
 
 
 def plan_mermaid(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
     lines = ["flowchart LR"]
     for task in plan.order():
         d = plan.decisions[task]
-        lines.append(f'  {_mermaid_id(task)}["{task}<br/>{_label(project, task)}<br/>'
-                     f'{ACTION_WORD[d.action]}: {_q(d.reason)}"]:::{d.action.replace("-", "")}')
+        parts = (task, project.steps[task].manifest.title_en, f"{ACTION_WORD[d.action]}: {d.reason}")
+        lines.append(f'  {_mermaid_id(task)}["{"<br/>".join(mermaid_text(p) for p in parts)}"]'
+                     f':::{d.action.replace("-", "")}')
     for dep, task in sorted(graph.edges):
         lines.append(f"  {_mermaid_id(dep)} --> {_mermaid_id(task)}")
     for action, color in STATUS_COLOR.items():
         lines.append(f"  classDef {action.replace('-', '')} fill:{color},color:#fff")
+    return "\n".join(lines)
+
+
+# statuses of recorded step runs (the report's graph); STATUS_COLOR above is for plan actions
+RESULT_COLOR = {"succeeded": "#2ca02c", "up-to-date": "#5aa35a", "failed": "#d62728", "skipped": "#7f7f7f",
+                "waiting": "#ff7f0e", "interrupted": "#9467bd", "never run": "#bbbbbb"}
+
+
+def status_mermaid(levels: list[list[str]], edges: list, status: dict[str, str], titles: dict[str, str]) -> str:
+    """The dependency graph with each task's last status, for Markdown that renders Mermaid."""
+    lines = ["flowchart LR"]
+    for level in levels:
+        for task in level:
+            state = status.get(task, "never run")
+            label = "<br/>".join(mermaid_text(p) for p in (task, titles.get(task, ""), state))
+            lines.append(f'  {_mermaid_id(task)}["{label}"]:::{_mermaid_id(state)}')
+    for dep, task in edges:
+        lines.append(f"  {_mermaid_id(dep)} --> {_mermaid_id(task)}")
+    for state, color in RESULT_COLOR.items():
+        lines.append(f"  classDef {_mermaid_id(state)} fill:{color},color:#fff")
     return "\n".join(lines)
 
 
@@ -87,26 +116,27 @@ def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
-def status_rows(project: Project, last: dict[str, StepRun]) -> list[dict]:
-    rows = []
-    for task in sorted(project.steps, key=lambda t: project.steps[t].manifest.wbs.split(".")):
-        step, sr = project.steps[task], last.get(task)
-        rows.append({"id": task, "wbs": step.manifest.wbs, "handler": step.handler.name,
-                     "title_en": step.manifest.title_en, "status": sr.status if sr else "never run",
-                     "reason": sr.reason if sr else "", "message": sr.message if sr else "",
-                     "ended": sr.ended if sr else None, "duration": sr.duration if sr else None,
-                     "run": sr.run_id if sr else None})
-    return rows
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    """Columns padded to their widest cell; the last column is free text."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    out = []
+    for r in [header, *rows]:
+        cells = [r[i].rjust(w) if i in right else r[i].ljust(w) for i, w in enumerate(widths)]
+        out.append("  ".join(cells + [r[-1]]).rstrip())
+    return out
+
+
+def _state(row: dict) -> str:
+    """"up-to-date" with the run whose result it repeats."""
+    if row["status"] == "up-to-date" and row.get("result_run") not in (None, row.get("run")):
+        return f"up-to-date (run {row['result_run']})"
+    return row["status"]
 
 
 def status_text(rows: list[dict]) -> str:
-    width = max((len(r["id"]) for r in rows), default=0)
-    lines = []
-    for r in rows:
-        detail = r["message"] or r["reason"] or ""
-        lines.append(f"{r['wbs']:<9} {r['id']:<{width}}  {r['status']:<11} {when(r['ended']):<19}  "
-                     f"{seconds(r['duration']):>7}  {detail}")
-    return "\n".join(lines)
+    body = [(r["wbs"], r["id"], _state(r), when(r["ended"]), seconds(r["duration"]),
+             r["message"] or r["reason"] or "") for r in rows]
+    return "\n".join(_table(("WBS", "TASK", "STATUS", "RESULT FROM", "TIME", "RESULT"), body, right=(4,)))
 
 
 def show_text(detail: dict) -> str:
@@ -119,9 +149,15 @@ def show_text(detail: dict) -> str:
     last = detail.get("last")
     if not last:
         return "\n".join(lines + ["  never run"])
-    lines += [f"  last: {last['status']} ({last['reason'] or '-'}) at {when(last['ended'])}, "
-              f"{seconds(last['duration'])}, run {last['run_id'] or '-'}, attempt {last['attempts']}",
-              f"  fingerprint: {last['fingerprint'] or '-'}"]
+    if last["status"] == "up-to-date":
+        lines.append(f"  last: up to date at {when(last['checked'])} (run {last['run'] or '-'}): {last['reason']}")
+        lines.append(f"  result: {last['result_status']} at {when(last['ended'])} in {seconds(last['duration'])}, "
+                     f"run {last['result_run'] or '-'}, step run {last['result_step_run']}")
+    else:
+        lines.append(f"  last: {last['status']} at {when(last['ended'])} in {seconds(last['duration'])}, "
+                     f"run {last['run'] or '-'}, attempt {last['attempts']}")
+        lines.append(f"  why it ran: {last['reason'] or '-'}")
+    lines.append(f"  fingerprint: {last['fingerprint'] or '-'}")
     if last.get("message"):
         lines.append(f"  message: {last['message']}")
     if last.get("hint"):
@@ -148,21 +184,61 @@ def _metric_line(metric: dict) -> str:
     return f"{name} = {metric['value']:.6g} {metric['unit'] or ''}".rstrip()
 
 
-def history_text(rows: list[StepRun]) -> str:
-    return "\n".join(f"{r.id:>5}  run {r.run_id or '-':>4}  {when(r.started)}  {r.task:<22} {r.status:<11} "
-                     f"{seconds(r.duration):>7}  {r.reason or ''}" for r in rows) or "no step runs yet"
+def history_text(rows: list[dict], unfold: bool = False) -> str:
+    """Step runs newest first; consecutive up-to-date checks fold into one line (--all unfolds)."""
+    if not rows:
+        return "no step runs yet"
+    body: list[tuple[str, ...]] = []
+    i = 0
+    while i < len(rows):
+        r = rows[i]
+        j = i
+        while not unfold and j + 1 < len(rows) and rows[j + 1]["status"] == "up-to-date" == r["status"]:
+            j += 1
+        if j > i:
+            span = rows[i:j + 1]
+            runs = sorted({x["run"] for x in span if x["run"] is not None})
+            tasks = sorted({x["task"] for x in span})
+            body.append((f"{span[-1]['step_run']}-{r['step_run']}", f"{runs[0]}-{runs[-1]}" if runs else "-",
+                         when(span[-1]["checked"]), f"{len(tasks)} task(s)", "up-to-date", "",
+                         f"{len(span)} checks, nothing ran ({', '.join(tasks[:3])}{', ...' if len(tasks) > 3 else ''})"))
+        else:
+            detail = r["reason"]
+            if r["status"] == "up-to-date" and r["up_to_date_with"]:
+                detail = f"result of step run {r['up_to_date_with']} (run {r['result_run'] or '-'})"
+            body.append((str(r["step_run"]), str(r["run"] or "-"), when(r["checked"] or r["started"]), r["task"],
+                         r["status"], seconds(r["duration"]), detail))
+        i = j + 1
+    return "\n".join(_table(("STEP RUN", "RUN", "WHEN", "TASK", "STATUS", "TIME", "WHY / RESULT"), body,
+                            right=(0, 1, 5)))
 
 
 def compare_text(data: dict) -> str:
     lines = [f"run {data['a']} -> run {data['b']}"]
+    lines += [f"warning: {d}" for d in data["environment"]]
+    if data["environment"]:
+        lines.append("warning: the runs ran on different machines or software: their timings are not comparable")
     for e in data["steps"]:
         a, b = e["a"] or {}, e["b"] or {}
-        lines.append(f"{e['task']}: {a.get('status', '-')} {seconds(a.get('duration'))} -> "
-                     f"{b.get('status', '-')} {seconds(b.get('duration'))}")
+        lines.append(f"{e['task']}: {_side(a)} -> {_side(b)}")
+        if a.get("message") != b.get("message") and b.get("message"):
+            lines.append(f"    result: {b['message']}")
         for m in e["metrics"]:
             delta = "" if m["delta"] is None else f" ({m['delta']:+.4g})"
             lines.append(f"    {m['name']}: {_num(m['a'])} -> {_num(m['b'])} {m['unit'] or ''}{delta}".rstrip())
+    if data["unchanged"]:
+        lines.append(f"{data['unchanged']} step(s) unchanged (--all shows them)")
+    elif not data["steps"]:
+        lines.append("nothing changed")
     return "\n".join(lines)
+
+
+def _side(s: dict) -> str:
+    if not s:
+        return "-"
+    if s["status"] == "up-to-date":
+        return f"up-to-date ({s['result_status']}, run {s['result_run'] or '-'})"
+    return f"{s['status']} {seconds(s.get('duration'))}"
 
 
 def _num(value: float | None) -> str:

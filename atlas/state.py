@@ -36,7 +36,14 @@ CREATE INDEX IF NOT EXISTS artifacts_step ON artifacts(step_run_id);
 CREATE TABLE IF NOT EXISTS logs (
   step_run_id INTEGER REFERENCES step_runs(id), ts REAL, line TEXT);
 CREATE INDEX IF NOT EXISTS logs_step ON logs(step_run_id);
+CREATE TABLE IF NOT EXISTS figures (
+  step_run_id INTEGER REFERENCES step_runs(id), name TEXT, spec TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS figures_step ON figures(step_run_id);
+CREATE TABLE IF NOT EXISTS run_environment (
+  run_id INTEGER PRIMARY KEY REFERENCES runs(id), data TEXT NOT NULL);
 """
+# Tables added after schema 1 are created with IF NOT EXISTS, so older stores gain them
+# on open; a store written before them has no figures and no run environment.
 # statuses that end a step run; "running" rows left by a killed runner are repaired
 FINAL = ("succeeded", "failed", "skipped", "up-to-date", "waiting", "interrupted")
 
@@ -108,13 +115,22 @@ class StateStore:
         return StateStore._Tx(self)
 
     # -- runs ----------------------------------------------------------------
-    def start_run(self, targets: list[str], argv: list[str], version: str) -> int:
+    def start_run(self, targets: list[str], argv: list[str], version: str,
+                  environment: dict | None = None) -> int:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (started, status, targets, argv, host, pid, atlas_version) "
                 "VALUES (?, 'running', ?, ?, ?, ?, ?)",
                 (time.time(), json.dumps(targets), json.dumps(argv), socket.gethostname(), os.getpid(), version))
-            return int(cur.lastrowid)
+            run_id = int(cur.lastrowid)
+            if environment is not None:
+                db.execute("INSERT INTO run_environment VALUES (?, ?)",
+                           (run_id, json.dumps(environment, sort_keys=True, default=str)))
+            return run_id
+
+    def run_environment(self, run_id: int) -> dict | None:
+        row = self.db.execute("SELECT data FROM run_environment WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row["data"]) if row else None
 
     def end_run(self, run_id: int, status: str) -> None:
         with self._tx() as db:
@@ -129,9 +145,23 @@ class StateStore:
                        "WHERE status = 'running'")
             return n
 
-    def runs(self, limit: int = 20) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [dict(r) | {"targets": json.loads(r["targets"])} for r in rows]
+    def runs(self, limit: int = 20, up_to: int | None = None) -> list[dict]:
+        """Newest first, each with how many of its step runs ended in each status."""
+        rows = self.db.execute("SELECT * FROM runs WHERE id <= ? ORDER BY id DESC LIMIT ?",
+                               (up_to if up_to is not None else 2**62, limit)).fetchall()
+        runs = [dict(r) | {"targets": json.loads(r["targets"]), "counts": {}} for r in rows]
+        by_id = {r["id"]: r for r in runs}
+        if by_id:
+            marks = ",".join("?" * len(by_id))
+            for row in self.db.execute(f"SELECT run_id, status, COUNT(*) AS n FROM step_runs WHERE run_id IN "
+                                       f"({marks}) GROUP BY run_id, status", list(by_id)):
+                by_id[row["run_id"]]["counts"][row["status"]] = row["n"]
+        return runs
+
+    def last_step_run_of(self, run_id: int) -> int | None:
+        """The newest step-run id a run wrote (what "as of that run" reads up to)."""
+        row = self.db.execute("SELECT MAX(id) AS id FROM step_runs WHERE run_id <= ?", (run_id,)).fetchone()
+        return row["id"]
 
     def run(self, run_id: int) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -187,8 +217,9 @@ class StateStore:
         rows = self._steps("SELECT * FROM step_runs WHERE id = ?", (step_run_id,))
         return rows[0] if rows else None
 
-    def last_step(self, task: str) -> StepRun | None:
-        rows = self._steps("SELECT * FROM step_runs WHERE task = ? ORDER BY id DESC LIMIT 1", (task,))
+    def last_step(self, task: str, as_of: int | None = None) -> StepRun | None:
+        rows = self._steps("SELECT * FROM step_runs WHERE task = ? AND id <= ? ORDER BY id DESC LIMIT 1",
+                           (task, as_of if as_of is not None else 2**62))
         return rows[0] if rows else None
 
     def last_success(self, task: str) -> StepRun | None:
@@ -211,9 +242,9 @@ class StateStore:
                            "WHERE status = 'succeeded' GROUP BY task) m ON s.id = m.id", ())
         return {r.task: r for r in rows}
 
-    def last_steps(self) -> dict[str, StepRun]:
+    def last_steps(self, as_of: int | None = None) -> dict[str, StepRun]:
         rows = self._steps("SELECT s.* FROM step_runs s JOIN (SELECT task, MAX(id) AS id FROM step_runs "
-                           "GROUP BY task) m ON s.id = m.id", ())
+                           "WHERE id <= ? GROUP BY task) m ON s.id = m.id", (as_of if as_of is not None else 2**62,))
         return {r.task: r for r in rows}
 
     def history(self, task: str | None = None, limit: int = 50) -> list[StepRun]:
@@ -245,6 +276,16 @@ class StateStore:
                 data = dict(row)
                 found[data.pop("step_run_id")].append(data)
         return found
+
+    def record_figure(self, step_run_id: int, spec: dict) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO figures VALUES (?, ?, ?)",
+                       (step_run_id, str((spec or {}).get("name", "")), json.dumps(spec, sort_keys=True)))
+
+    def figures(self, step_run_id: int) -> list[dict]:
+        rows = self.db.execute("SELECT spec FROM figures WHERE step_run_id = ? ORDER BY rowid",
+                               (step_run_id,)).fetchall()
+        return [json.loads(r["spec"]) for r in rows]
 
     def log_tail(self, step_run_id: int, lines: int = 20) -> list[str]:
         rows = self.db.execute("SELECT line FROM (SELECT rowid, line FROM logs WHERE step_run_id = ? "

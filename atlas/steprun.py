@@ -184,6 +184,8 @@ class StepRunner:
         if event.get("type") == "metric":
             self.store.record_metric(step_run_id, event["name"], event.get("value"), event.get("unit", ""),
                                      event.get("step"))
+        elif event.get("type") == "figure":
+            self.store.record_figure(step_run_id, event.get("spec"))
         elif event.get("type", "").startswith("progress"):
             self.display.progress(event)
 

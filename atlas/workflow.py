@@ -1,4 +1,4 @@
-"""`atlas run` as a chain of small functions: load -> graph -> plan -> execute -> record.
+"""`atlas run` as a chain of small functions: load -> graph -> plan -> execute -> record -> report.
 
 Each CLI command calls one function here; none of them prints except through the
 RunDisplay it is given.
@@ -147,6 +147,7 @@ class RunOptions:
     jobs: int = 1
     strict: bool = False
     wait_lock: bool = False
+    report: bool = True             # write .atlas/report.html at the end
     argv: list[str] = field(default_factory=list)
 
 
@@ -155,6 +156,8 @@ class RunReport:
     run_id: int
     outcomes: dict[str, Outcome]
     exit_code: int
+    report_path: str | None = None
+    report_problems: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -163,7 +166,7 @@ class RunReport:
         return counts
 
     def as_dict(self) -> dict:
-        return {"run": self.run_id, "exit_code": self.exit_code, "counts": self.counts(),
+        return {"run": self.run_id, "exit_code": self.exit_code, "counts": self.counts(), "report": self.report_path,
                 "steps": {t: {"status": o.status, "reason": o.reason, "message": o.message}
                           for t, o in self.outcomes.items()}}
 
@@ -187,9 +190,14 @@ def run(project: Project, probe: Probe, options: RunOptions, display: RunDisplay
         store = open_store(project)
         try:
             store.repair_abandoned()
-            return _execute(project, store, probe, options, targets, display)
+            result = _execute(project, store, probe, options, targets, display)
         finally:
             store.close()
+    if options.report and result.exit_code != EXIT_INTERRUPTED:
+        from atlas.report import write_after_run
+
+        result.report_path, result.report_problems = write_after_run(project, probe, result.run_id)
+    return result
 
 
 def _execute(project: Project, store: StateStore, probe: Probe, options: RunOptions, targets: list[str],
@@ -199,7 +207,7 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
     capabilities, hints = probe.capabilities(), probe.hints()
     facts: dict[str, StepFacts] = {}
     live = History(store, snapshot=False)
-    run_id = store.start_run(targets, options.argv, __version__)
+    run_id = store.start_run(targets, options.argv, __version__, probe.as_dict())
     table = ProcessTable()
     runner = StepRunner(project, store, run_id, display, facts, table,
                         GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1))

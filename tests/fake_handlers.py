@@ -28,6 +28,34 @@ class Echo(Handler):
         return Result.succeeded(f"wrote {len(ctx.params.text)} chars", findings=["echo finding"])
 
 
+class PlotParams(Params):
+    label: str = "loss"
+    epochs: int = 4
+
+
+class Plot(Handler):
+    """Records a curve per epoch and hands the report a chart and a table of it."""
+
+    name = "plot"
+    Params = PlotParams
+    outputs = ("curve.txt",)
+
+    def run(self, ctx: Context) -> Result:
+        from atlas.charts import Chart, Mark, Series, Table
+
+        xs = list(range(1, ctx.params.epochs + 1))
+        ys = [1.0 / x for x in xs]
+        for x, y in zip(xs, ys):
+            ctx.metric("train_loss", y, step=x)
+        ctx.figure(Chart(name="curve", title=f"{ctx.params.label} per epoch", x_label="epoch",
+                         y_label=ctx.params.label, series=[Series(label=ctx.params.label, x=xs, y=ys)],
+                         marks=[Mark(x=xs[-1], label="best epoch")]))
+        ctx.figure(Table(name="numbers", title=f"{ctx.params.label} table", columns=["epoch", ctx.params.label],
+                         rows=[[x, y] for x, y in zip(xs, ys)]))
+        ctx.write_text("curve.txt", " ".join(f"{y:.3f}" for y in ys))
+        return Result.succeeded(f"{ctx.params.label}: {ys[-1]:.3f} after {len(xs)} epochs")
+
+
 class Copy(Handler):
     """Reads its `src` input (optional) and copies it."""
 
@@ -135,4 +163,4 @@ class WhichGpu(Handler):
         return Result.succeeded(f"ran on {props.name}")
 
 
-ALL = (Echo, Copy, Fail, Sleep, Crash, Raise, Flaky, NeedsTensorRT, NoOutput, WhichGpu)
+ALL = (Echo, Plot, Copy, Fail, Sleep, Crash, Raise, Flaky, NeedsTensorRT, NoOutput, WhichGpu)

@@ -72,6 +72,21 @@ def test_plan_formats(tmp_path):
     assert dot.startswith("digraph atlas {") and f'"{A}" -> "{B}";' in dot
     mermaid = atlas(root, "plan", "--mermaid").stdout
     assert mermaid.startswith("flowchart LR") and "AG_T_A_001 --> AG_T_B_001" in mermaid
+    both = atlas(root, "plan", "--dot", "--mermaid")
+    assert both.exit_code == 2 and both.stdout == ""
+    assert "error: --dot and --mermaid are different output formats: choose one" in both.stderr
+
+
+def test_plan_graphs_escape_manifest_text(tmp_path):
+    hostile = 'x" <script>alert(1)</script> & #1 \\ y'
+    root = write_project(tmp_path, task(A, "echo", title_en=hostile))
+    mermaid = atlas(root, "plan", "--mermaid").stdout
+    label = mermaid.splitlines()[1]
+    assert "<script>" not in mermaid and '"x"' not in mermaid and " & " not in mermaid
+    assert "x#quot; #lt;script#gt;alert(1)#lt;/script#gt; #amp; #35;1" in label
+    assert label.count('"') == 2                      # only the label's own quotes
+    dot = atlas(root, "plan", "--dot").stdout
+    assert 'x\\" <script>alert(1)</script> & #1 \\\\ y' in dot    # DOT: quote and backslash escaped
 
 
 def test_plan_after_run_says_up_to_date_and_why_things_rerun(tmp_path):
@@ -93,8 +108,10 @@ def test_status_show_history(tmp_path):
     atlas(root, "run", B)
     status = json.loads(atlas(root, "status", "--json").stdout)
     assert [(r["id"], r["status"]) for r in status] == [(A, "succeeded"), (B, "succeeded")]
+    text = atlas(root, "status").stdout.splitlines()
+    assert text[0].split() == ["WBS", "TASK", "STATUS", "RESULT", "FROM", "TIME", "RESULT"]
     show = atlas(root, "show", A).stdout
-    assert "last: succeeded (never run)" in show
+    assert "  last: succeeded at " in show and "  why it ran: never run" in show
     assert "chars = 2 chars" in show
     assert f".atlas/out/{A}/out.txt  2 B  sha256:" in show
     assert "wrote 2 chars" in show                 # the step's own log line
@@ -103,7 +120,33 @@ def test_status_show_history(tmp_path):
     assert detail["last"]["fingerprint"] and detail["metrics"][0]["name"] == "chars"
     history = json.loads(atlas(root, "history", "--json").stdout)
     assert [h["task"] for h in history] == [B, A]
+    assert atlas(root, "history").stdout.splitlines()[0].split() == [
+        "STEP", "RUN", "RUN", "WHEN", "TASK", "STATUS", "TIME", "WHY", "/", "RESULT"]
     assert atlas(root, "show", "AG-T-Z-001").exit_code == 2
+
+
+def test_up_to_date_steps_show_the_result_they_repeat(tmp_path):
+    root = project(tmp_path)
+    first = json.loads(atlas(root, "run", B, "--json").stdout)
+    for _ in range(3):
+        atlas(root, "run", B)                                      # no-op runs 2-4
+    rows = {r["id"]: r for r in json.loads(atlas(root, "status", "--json").stdout)}
+    assert rows[A]["status"] == "up-to-date" and rows[A]["message"] == "wrote 2 chars"
+    assert rows[A]["result_run"] == first["run"] and rows[A]["run"] == 4 and rows[A]["duration"] > 0
+    line = next(x for x in atlas(root, "status").stdout.splitlines() if A in x)
+    assert "up-to-date (run 1)" in line and "wrote 2 chars" in line and "nothing changed" not in line
+    show = atlas(root, "show", A).stdout
+    assert "  last: up to date at " in show and "(run 4): nothing changed" in show
+    assert "  result: succeeded at " in show and ", run 1, step run 1" in show
+    assert "never run)" not in show
+    assert "chars = 2 chars" in show and "wrote 2 chars" in show      # the result's metrics and log
+    history = atlas(root, "history").stdout.splitlines()
+    assert len(history) == 1 + 1 + 2                       # header, the folded checks, the two real runs
+    assert "6 checks, nothing ran" in history[1] and "2-4" in history[1]
+    assert len(atlas(root, "history", "--all").stdout.splitlines()) == 1 + 8
+    one = json.loads(atlas(root, "history", A, "--json").stdout)
+    assert one[0]["status"] == "up-to-date" and one[0]["up_to_date_with"] == one[-1]["step_run"]
+    assert one[0]["message"] == "wrote 2 chars"
 
 
 def test_manual_step_waits_until_done_with_evidence(tmp_path):
@@ -155,26 +198,6 @@ def test_validate_and_plan_never_import_torch(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_report_formats(tmp_path):
-    root = project(tmp_path)
-    (root / "tasks" / "project.yaml").write_text(
-        "name: demo\ntitle: Demo plan\nhierarchy:\n  - wbs: '1'\n    title: Ana görev\n    title_en: Main task\n")
-    atlas(root, "run", B)
-    atlas(root, "run", B)          # up to date: the report still shows what the last success found
-    md = atlas(root, "report").stdout
-    assert md.startswith("# Demo plan")
-    assert "- **1** Ana Görev: Ana görev — *Main task*" in md
-    assert f"| 1 | `{A}` task {A} | echo | up-to-date |" in md
-    assert "- echo finding" in md and "| chars | 2 | chars |" in md
-    html_path = root / "status.html"
-    assert atlas(root, "report", "--format", "html", "-o", str(html_path)).exit_code == 0
-    html = html_path.read_text()
-    assert html.startswith("<!doctype html>") and f"<code>{A}</code>" in html and "<li>echo finding</li>" in html
-    data = json.loads(atlas(root, "report", "--format", "json").stdout)
-    assert data["counts"] == {"up-to-date": 2}
-    assert data["steps"][0]["metrics"][0]["value"] == 2.0
-
-
 def test_compare_two_runs(tmp_path):
     root = project(tmp_path)
     first = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
@@ -182,13 +205,36 @@ def test_compare_two_runs(tmp_path):
     second = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
     text = atlas(root, "compare", str(first), str(second)).stdout
     assert text.splitlines()[0] == f"run {first} -> run {second}"
-    assert "    chars: 2 -> 5 chars (+3)" in text
+    assert "    chars: 2 -> 5 chars (+3)" in text and "    result: wrote 5 chars" in text
+    assert "warning" not in text                                   # same machine, same software
     data = json.loads(atlas(root, "compare", str(first), str(second), "--json").stdout)
     step_a = next(s for s in data["steps"] if s["task"] == A)
     assert (step_a["a"]["status"], step_a["b"]["status"]) == ("succeeded", "succeeded")
     assert step_a["metrics"] == [{"name": "chars", "unit": "chars", "a": 2.0, "b": 5.0, "delta": 3.0}]
-    third = json.loads(atlas(root, "run", B, "--json").stdout)["run"]      # up to date: same metrics
-    same = json.loads(atlas(root, "compare", str(second), str(third), "--json").stdout)
-    assert next(s for s in same["steps"] if s["task"] == A)["metrics"][0]["delta"] == 0.0
+    third = json.loads(atlas(root, "run", B, "--json").stdout)["run"]      # up to date: nothing changed
+    same = atlas(root, "compare", str(second), str(third)).stdout.splitlines()
+    assert same == [f"run {second} -> run {third}", "2 step(s) unchanged (--all shows them)"]
+    every = atlas(root, "compare", str(second), str(third), "--all").stdout
+    assert f"{A}: succeeded" in every and "-> up-to-date (succeeded, run 2)" in every
+    assert "    chars: 5 -> 5 chars (+0)" in every
     missing = atlas(root, "compare", str(first), "99")
     assert missing.exit_code == 2 and "error: no run 99 in this project" in missing.stderr
+
+
+def test_compare_warns_when_the_machines_differ(tmp_path):
+    from atlas.state import StateStore
+
+    root = project(tmp_path)
+    first = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
+    write_task(root, task(A, "echo", params={"text": "hello"}))
+    second = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
+    store = StateStore(root / ".atlas" / "state.db")
+    env = store.run_environment(first)
+    env["gpus"] = [{"name": "NVIDIA H200"}]
+    env["driver"], env["packages"] = "580.1", dict(env["packages"], torch="2.99.0")
+    store.db.execute("UPDATE run_environment SET data = ? WHERE run_id = ?", (json.dumps(env), first))
+    store.close()
+    text = atlas(root, "compare", str(first), str(second)).stdout
+    assert "warning: GPU: NVIDIA H200 -> no GPU" in text
+    assert "warning: driver: 580.1 -> " in text and "warning: torch: 2.99.0 -> " in text
+    assert "their timings are not comparable" in text

@@ -37,7 +37,7 @@ def test_run_then_nothing_to_do(tmp_path):
     assert second.exit_code == 0
     assert f"= {A}: up-to-date — nothing changed" in second.stdout
     assert f"= {B}: up-to-date — nothing changed" in second.stdout
-    assert second.stdout.strip().endswith("2 up-to-date")
+    assert second.stdout.strip().splitlines()[-1].startswith("run 2: 2 up-to-date — report: ")
 
 
 def test_param_change_reruns_step_and_downstream(tmp_path):

@@ -107,6 +107,18 @@ def test_cpu_chain_ends_with_the_comparison_and_tensorrt_listed(tmp_path):
         assert "tensorrt: not available: TensorRT not installed" in shown
     assert bench["accuracy"]["onnxruntime-fp32"]["agreement"] == 1.0
     assert "onnxruntime-int8" in table
+    # the benchmark logs as it goes, and hands the report its charts and table
+    log = json.loads(atlas(root, "show", BENCH, "--json", "--log", "500", registry=REGISTRY).stdout)["log_tail"]
+    assert any(line.endswith(": pytorch-eager-fp32 at batch 1") and "benchmark 1/" in line for line in log)
+    assert any("pytorch-eager-fp32 batch 1 (n/a (CPU)): p50 " in line for line in log)
+    data = json.loads(atlas(root, "report", "--format", "json", "-o", "-", registry=REGISTRY).stdout)
+    figures = {s["id"]: [f["name"] for f in s["figures"]] for s in data["steps"]}
+    assert figures[BENCH] == ["throughput", "latency-p99", "latency-percentiles", "accuracy", "benchmark"]
+    assert figures[PROFILE] == ["int8-sqnr", "precisions"]
+    assert set(figures[SCRIPTGPU]) == {"training-loss", "training-scores"}
+    html = root / "report.html"
+    assert atlas(root, "report", "-o", str(html), registry=REGISTRY).exit_code == 0
+    assert html.read_text().count('<div class="figure chart"') == 8
 
     code, report = run(root, BENCH)
     assert {s["status"] for s in report["steps"].values()} <= {"up-to-date", "skipped"}

@@ -77,6 +77,7 @@ class TrtTest(Handler):
 
         from handlers.ml.arrays import load_eval_data, model_input, split_arrays
         from handlers.ml.models import load_checkpoint
+        from handlers.inference.perf.figures import benchmark_figures, measurement_line
         from handlers.inference.perf.harness import TimingSettings, run_benchmark
         from handlers.inference.perf.suite import make_backends
 
@@ -99,9 +100,13 @@ class TrtTest(Handler):
                                   max_point_s=params.max_point_s)
         total = len(backends) * len(params.batch_sizes)
         with ctx.progress(total, "benchmarking backends") as bar:
-            result = run_benchmark(backends, params.batch_sizes, make_batch, settings,
-                                   on_progress=lambda *a, **k: bar.advance(1))
+            def measured(backend: str, batch: int) -> None:
+                bar.advance(1)
+                ctx.log.info("benchmark %d/%d: %s at batch %d", bar.done, total, backend, batch)
+            result = run_benchmark(backends, params.batch_sizes, make_batch, settings, on_progress=measured)
         result.unavailable[:0] = unavailable
+        for m in result.measurements:
+            ctx.log.info("%s", measurement_line(m))
 
         accuracy = self._accuracy(ctx, result, backends, x, labels, data.positive, meta.get("threshold"))
         for m in result.measurements:
@@ -114,6 +119,8 @@ class TrtTest(Handler):
                   "synthetic": bool(meta.get("synthetic")), "data_source": data.source,
                   "note": "throughput without H2D: input resident on the device; outputs stay on the device"}
         ctx.write_json("benchmark.json", report)
+        for figure in benchmark_figures(result, accuracy, device):
+            ctx.figure(figure)
         ctx.write_text("benchmark.md", markdown_report(result, accuracy, device, bool(meta.get("synthetic"))))
         return self._result(result, accuracy, device, meta)
 

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from atlas.charts import Chart, Reference, Series
 from atlas.handler import Context, Handler, Params, Result
 from handlers.inference.trt.profile import ONNX_FILES
 from handlers.ml.errors import failures_for_user_errors
@@ -79,6 +80,17 @@ def evaluation_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def precision_chart(results: dict, min_ratio: float) -> Chart:
+    """FP32, FP16 and INT8 side by side, with the accuracy INT8 must keep."""
+    names = list(results)
+    series = [Series(label=label, x=names, y=[results[p].get(key) for p in names])
+              for key, label in (("accuracy", "accuracy"), ("auc", "AUC"), ("agreement", "agreement with FP32"))]
+    refs = [Reference(y=min_ratio * results["fp32"]["accuracy"],
+                      label=f"{min_ratio:.0%} of FP32 accuracy")] if "fp32" in results else []
+    return Chart(name="precisions", title="ONNX Runtime on the test split: FP16 and INT8 against FP32", plot="bar",
+                 x_label="precision", y_label="score (0-1)", series=series, references=refs)
+
+
 class TrtProfile(Handler):
     name = "trt_profile"
     version = "1"
@@ -140,6 +152,7 @@ class TrtProfile(Handler):
         }
         write_profile(ctx.output("profile.yaml"), document)
         ctx.write_json("evaluation.json", {"split": "test", "results": results, "data_source": data.source})
+        ctx.figure(precision_chart(results, params.min_accuracy_ratio))
         ctx.write_text("evaluation.md", "# ONNX Runtime evaluation on the test split\n\n"
                        + evaluation_table(results) + "\n")
         return self._result(params, meta, results, qdq, int8_tool, noise)
@@ -157,6 +170,12 @@ class TrtProfile(Handler):
             return None
         for tensor, db in snr:
             ctx.log.debug("INT8 SNR %s: %.1f dB", tensor, db)
+        ctx.figure(Chart(name="int8-sqnr", title="INT8 quantization noise by layer (SQNR, higher is better)",
+                         x_label="activation tensor, in network order", y_label="SQNR (dB)",
+                         series=[Series(label=f"INT8 against FP32 on {min(len(calibration), params.sqnr_images)} "
+                                              f"calibration images", x=list(range(1, len(snr) + 1)),
+                                        y=[db for _, db in snr])],
+                         note=f"lowest: {', '.join(f'{n} {db:.1f} dB' for n, db in sorted(snr, key=lambda i: i[1])[:3])}"))
         worst = sorted(snr, key=lambda item: item[1])[:3]
         quarter = max(1, len(snr) // 4)
         return {"images": int(min(len(calibration), params.sqnr_images)), "tensors": len(snr),

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from atlas.atomic import replaced_atomically
 from handlers.ml.batches import BatchSource, TorchBatches
+from handlers.ml.curves import overfitting_epochs
 from handlers.ml.device import Placement
 from handlers.ml.errors import TrainingError
 from handlers.ml.losses import class_weights, make_loss
@@ -190,14 +191,10 @@ def predict(model: nn.Module, batches: BatchSource, placement: Placement,
 def detect_overfitting(history: list[dict], tolerance: float = 0.0) -> str | None:
     """Validation loss rising above its best while training loss keeps falling: the
     pattern the user saw after epoch 2. Returns the finding, or None."""
-    if len(history) < 2:
+    span = overfitting_epochs(history, tolerance)
+    if span is None:
         return None
-    best = min(history, key=lambda h: h["val_loss"])
-    later = [h for h in history if h["epoch"] > best["epoch"]
-             and h["val_loss"] > best["val_loss"] * (1 + tolerance) and h["train_loss"] < best["train_loss"]]
-    if not later:
-        return None
-    worst = max(later, key=lambda h: h["val_loss"])
+    best, worst = span
     return (f"overfitting: validation loss rose from {best['val_loss']:.4f} (epoch {best['epoch']}) to "
             f"{worst['val_loss']:.4f} (epoch {worst['epoch']}) while training loss fell from "
             f"{best['train_loss']:.4f} to {worst['train_loss']:.4f}; kept epoch {best['epoch']}'s weights")

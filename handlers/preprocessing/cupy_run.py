@@ -12,6 +12,7 @@ from handlers.ml.errors import DataError
 from handlers.ml.layout import IMAGENET_MEAN, IMAGENET_STD
 from handlers.ml.synthetic import render
 from handlers.preprocessing import array_port, cupy_kernels
+from handlers.preprocessing.figures import cupy_figures
 
 
 def cupy_backend():
@@ -122,6 +123,8 @@ def run_cupy_step(ctx: Context) -> Result:
         ctx.metric(f"cupy_kernel_{name}_bandwidth", v["bandwidth_gbs"], "GB/s")
         ctx.metric(f"cupy_kernel_{name}_fraction", 100 * v["fraction_of_copy"], "%")
     ctx.write_json("cupy.json", result)
+    for chart in cupy_figures(reports, kernel, params.kernel_target):
+        ctx.figure(chart)
     ctx.write_text("report.md", report_markdown(result, reports))
     ported = [r for r in reports if r["portable"]]
     not_ported = [r for r in reports if not r["portable"]]

@@ -17,6 +17,7 @@ from handlers.preprocessing import loader_speed
 from handlers.preprocessing.dali_checks import check_eval_against_torchvision, run_shard_check
 from handlers.preprocessing.dali_loader import DaliBatches, dali_threads
 from handlers.preprocessing.dali_spec import PipelineSpec
+from handlers.preprocessing.figures import dali_figures
 
 
 def _images(ctx: Context, params) -> tuple[list[Path], list[int], str, bool]:
@@ -114,6 +115,8 @@ def run_dali_step(ctx: Context) -> Result:
     if params.measure_training:
         result["training"] = _training(ctx, params, placement, dataset, spec, findings)
     ctx.write_json("dali.json", result)
+    for chart in dali_figures(speeds, result.get("training"), cores):
+        ctx.figure(chart)
     ctx.write_text("report.md", report_markdown(result))
     message = (f"DALI ({params.decoder} decode) {speeds['dali_pipeline']['images_per_s']:,.0f} img/s vs DataLoader "
                f"({cores} workers) {speeds['dataloader_pipeline']['images_per_s']:,.0f} img/s for the training "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from atlas.charts import Chart, Series
 from atlas.handler import Context, Handler, Result
 from handlers.ml.errors import MLError
 from handlers.training.params import TrainParams
@@ -35,6 +36,14 @@ def _row(label: str, run) -> dict:
             "train_images_per_s": run.fit.train_images_per_s,
             "seconds": sum(h["epoch_seconds"] for h in run.fit.history),
             **{k: run.fit.test.get(k) for k in ROWS}}
+
+
+def comparison_chart(rows: list[dict]) -> Chart:
+    """Prototype against the project's own model on the test split."""
+    return Chart(name="comparison", title="Prototype against the baseline (test split)", plot="bar",
+                 x_label="metric", y_label="score (0-1)",
+                 series=[Series(label=f"{r['model']}: {r['arch']}", x=list(ROWS), y=[r.get(k) for k in ROWS])
+                         for r in rows])
 
 
 def loss_label(loss: str, class_weighted: bool) -> str:
@@ -68,6 +77,7 @@ class Prototype(Handler):
 
     def run(self, ctx: Context) -> Result:
         params: PrototypeParams = ctx.params
+        from handlers.ml.curves import training_charts
         from handlers.training.session import run_training
         try:
             proto = run_training(params, ctx.project, ctx.project_root, ctx.output("model.pt"), ctx)
@@ -82,6 +92,12 @@ class Prototype(Handler):
         except MLError as exc:
             return Result.failed(exc.message, exc.hint)
         rows = [_row(label, run) for label, run in runs]
+        for label, run in runs:
+            for chart in training_charts(run.fit.history, run.fit.best_epoch, name=label,
+                                         label=f"{label}: {run.built.arch}"):
+                ctx.figure(chart)
+        if len(rows) == 2:
+            ctx.figure(comparison_chart(rows))
         ctx.write_json("prototype.json", {"rows": rows, "runs": {label: run.summary() for label, run in runs}})
         baseline_loss = loss_label("cross_entropy", params.class_weighted) if params.baseline else None
         ctx.write_text("comparison.md", comparison_markdown(rows, proto.data.synthetic, params.subset_per_class,

@@ -6,7 +6,9 @@ import json
 import os
 from pathlib import Path
 
+from atlas.charts import Chart, Series
 from atlas.handler import Context, Handler, Result
+from handlers.ml.curves import training_charts
 from handlers.ml.synthetic import synthetic_tag
 from handlers.training.ddp_params import DistributedParams
 from handlers.training.params import TrainParams
@@ -69,6 +71,14 @@ def run_distributed(handler: Handler, ctx: Context) -> Result:
     return _finish(ctx, params, runs, world, on_gpu)
 
 
+def scaling_chart(one: float, many: float, world: int, feed: str) -> Chart:
+    return Chart(name="ddp-scaling", title=f"DDP scaling ({feed} batches)", x_label="processes (one per GPU)",
+                 y_label="images/s", series=[
+                     Series(label="measured", x=[1, world], y=[one, many]),
+                     Series(label="ideal (linear)", x=[1, world], y=[one, one * world], style="dashed")],
+                 note=f"scaling efficiency {100 * many / (world * one):.0f}% at {world} processes")
+
+
 def _finish(ctx: Context, params: DistributedParams, runs, world: int, on_gpu: bool) -> Result:
     results = {name: _read_result(config) for name, config, _, _ in runs}
     train = results["train"]
@@ -88,6 +98,11 @@ def _finish(ctx: Context, params: DistributedParams, runs, world: int, on_gpu: b
         if not on_gpu:
             findings.append(CPU_SCALING_NOTE)
     ctx.write_json("scaling.json", scaling)
+    for chart in training_charts(train.get("history", []), int(train.get("best_epoch") or 0)):
+        ctx.figure(chart)
+    if params.measure_scaling:
+        ctx.figure(scaling_chart(results["throughput-1"]["images_per_s"], results[f"throughput-{world}"]["images_per_s"],
+                                 world, params.scaling_feed))
     test = train.get("test", {})
     message += (f"; best epoch {train.get('best_epoch')}, test accuracy {test.get('accuracy', float('nan')):.3f}, "
                 f"AUC {test.get('auc', float('nan')):.3f}{synthetic_tag(bool(train.get('synthetic')))}")

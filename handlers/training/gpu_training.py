@@ -71,6 +71,7 @@ class ScriptGpu(Handler):
         else:
             audit_summary, audit_findings = "", []
             ctx.write_text("audit/report.md", "# Script audit\n\nDisabled (params.audit: false).\n")
+        from handlers.ml.curves import training_charts
         from handlers.training.session import run_training
         try:
             run = run_training(params, ctx.project, ctx.project_root, ctx.output("model.pt"), ctx)
@@ -78,5 +79,7 @@ class ScriptGpu(Handler):
             return Result.failed(exc.message, exc.hint, audit_findings)
         ctx.write_json("training.json", run.summary())
         ctx.metric("train_images_per_s", run.fit.train_images_per_s, "img/s")
+        for chart in training_charts(run.fit.history, run.fit.best_epoch):
+            ctx.figure(chart)
         message = run.headline() + (f"; {audit_summary}" if audit_summary else "")
         return Result.succeeded(message, run.findings + audit_findings)

@@ -1,0 +1,66 @@
+"""The workplan report (`atlas report`, and after every `atlas run`): data from the state
+store (data.py), figures drawn by matplotlib (figures.py), pages from reports/ (pages.py)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from atlas.atomic import write_atomically
+from atlas.errors import UsageError
+from atlas.loader import Project
+from atlas.probe import Probe
+from atlas.report.data import build
+from atlas.report.pages import LANGUAGES, render
+
+FORMATS = ("html", "md", "json")
+
+
+def text_of(project: Project, probe: Probe, fmt: str = "html", lang: str = "en", run_id: int | None = None) -> str:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    if lang not in LANGUAGES:
+        raise UsageError(f"unknown language {lang!r}", f"choose one of {', '.join(LANGUAGES)}")
+    data = build(project, probe, run_id)
+    return json.dumps(data, indent=2, default=str) + "\n" if fmt == "json" else render(data, fmt, lang)
+
+
+def default_path(project: Project, fmt: str) -> Path:
+    return project.state_dir / f"report.{fmt}"
+
+
+def write_report(project: Project, probe: Probe, fmt: str = "html", lang: str = "en", run_id: int | None = None,
+                 output: str | None = None) -> str | None:
+    """Write the report to `output` (default .atlas/report.FORMAT; "-" prints it). Returns
+    the path written, as the user should read it, or None for stdout."""
+    text = text_of(project, probe, fmt, lang, run_id)
+    if output == "-":
+        print(text, end="")
+        return None
+    path = Path(output) if output else default_path(project, fmt)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder", "give -o a file name, e.g. -o report.html")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, text, 0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}", "choose another -o path") from None
+    return shown_path(path)
+
+
+def shown_path(path: Path) -> str:
+    """Relative to the working folder when inside it, else absolute."""
+    try:
+        return os.path.relpath(path.resolve(), Path.cwd()) if path.resolve().is_relative_to(Path.cwd()) \
+            else str(path.resolve())
+    except (OSError, ValueError):
+        return str(path)
+
+
+def write_after_run(project: Project, probe: Probe, run_id: int) -> tuple[str | None, list[str]]:
+    """The HTML report at the end of `atlas run`. A report that cannot be written never
+    changes the run's result: it becomes a warning naming the command that retries it."""
+    try:
+        return write_report(project, probe, "html", "en", None, None), []
+    except Exception as exc:  # noqa: BLE001 - the run's results are stored; the report is a view of them
+        return None, [f"report not written ({type(exc).__name__}: {exc}); `atlas report` writes it again"]

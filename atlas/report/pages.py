@@ -1,0 +1,98 @@
+"""The report's data through the Jinja templates in reports/: HTML with inline SVG, or
+Markdown with tables in place of charts. Both escape every string they are given."""
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+from markupsafe import Markup
+
+from atlas import charts
+from atlas.render import status_mermaid
+
+TEMPLATES = {"html": "report.html.j2", "md": "report.md.j2"}
+LANGUAGES = ("en", "tr")
+
+
+@lru_cache(maxsize=1)
+def labels() -> dict[str, dict[str, str]]:
+    return yaml.safe_load(resources.files("reports").joinpath("labels.yaml").read_text(encoding="utf-8"))
+
+
+def translator(lang: str):
+    table = labels()
+
+    def t(key: str, **values) -> str:
+        return table[key][lang].format(**values)
+    return t
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} s" if value < 120 else f"{int(value // 60)} min {value % 60:.0f} s"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "-"
+
+
+def _metric(value: float | None) -> str:
+    return "null" if value is None else f"{value:.6g}"
+
+
+def _cell(text) -> str:
+    """A Markdown table cell: no row-breaking pipe or newline."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "."), undefined=jinja2.StrictUndefined,
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(when=_when, secs=_secs, size=_size, metric=_metric, cell=_cell, num=charts.cell_text)
+    return env
+
+
+def _svgs(data: dict) -> tuple[dict[str, Markup], str | None]:
+    """Every figure of the page drawn once: the graph and each step's charts."""
+    from atlas.report import figures
+
+    missing = figures.unavailable()
+    if missing:
+        return {}, missing
+    status = {s["id"]: s["status"] for s in data["steps"]}
+    out = {"graph": Markup(figures.graph_svg(data["graph"]["levels"], data["graph"]["edges"], status))}
+    for step in data["steps"]:
+        for spec in step["figures"]:
+            if spec["kind"] == "chart":
+                key = f"{step['id']}/{spec['name']}"
+                out[key] = Markup(figures.chart_svg(charts.Chart.model_validate(spec), key.replace("/", "-")))
+    return out, None
+
+
+def render(data: dict, fmt: str, lang: str = "en") -> str:
+    env = _environment()
+    extra: dict = {"t": translator(lang), "lang": lang}
+    if fmt == "html":
+        extra["svgs"], extra["svg_problem"] = _svgs(data)
+    else:
+        status = {s["id"]: s["status"] for s in data["steps"]}
+        titles = {s["id"]: s["title_en"] for s in data["steps"]}
+        # mermaid_text has already replaced every character Markdown or Mermaid could misread
+        extra["mermaid"] = Markup(status_mermaid(data["graph"]["levels"], data["graph"]["edges"], status, titles))
+        extra["as_table"] = lambda spec: charts.as_table(charts.Chart.model_validate(spec)).model_dump()
+    return env.get_template(TEMPLATES[fmt]).render(**data, **extra)
