@@ -29,6 +29,22 @@ def temp_dir(state_dir: Path, task: str, step_run_id: int) -> Path:
     return path
 
 
+def remove_temporaries(state_dir: Path, keep: set[str] = frozenset()) -> None:
+    """Every step's unfinished output folder and spec file (only under the project lock,
+    when no local step of this project can be running), except those named in `keep`:
+    the folders of batch jobs that still run on a cluster."""
+    tmp = out_root(state_dir) / ".tmp"
+    if not keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    for path in tmp.iterdir() if tmp.is_dir() else ():
+        if path.name not in keep:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def missing_outputs(folder: Path, declared: tuple[str, ...]) -> list[str]:
     missing = []
     for name in declared:

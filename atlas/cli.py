@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import click
 
 from atlas import __version__
-from atlas.errors import EXIT_INTERRUPTED, EXIT_OK, AtlasError, InvalidManifests
+from atlas.errors import EXIT_INTERRUPTED, EXIT_OK, AtlasError, InvalidManifests, storage_error
 
 
 class AtlasGroup(click.Group):
@@ -25,6 +26,11 @@ class AtlasGroup(click.Group):
             _fail(exc)
         except AtlasError as exc:
             _fail(exc)
+        except (OSError, sqlite3.Error) as exc:
+            found = storage_error(exc)
+            if found is None:
+                raise
+            _fail(found)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -72,7 +78,9 @@ def main(ctx: click.Context, dir_: str | None) -> None:
       atlas show AG-DS-LIBTEST-001   params, metrics, artifacts and log of one step
 
     Exit codes: 0 ok or up to date, 1 a step failed, 2 usage, 3 invalid manifests,
-    4 steps skipped under --strict, 130 interrupted.
+    4 steps skipped under --strict, 5 another atlas run holds the project, 6 the
+    project's state cannot be written (permissions, read-only disk, full disk),
+    130 interrupted.
     """
     ctx.ensure_object(dict)
     if dir_:
@@ -132,7 +140,7 @@ def plan(ctx: click.Context, targets: tuple[str, ...], as_json: bool, dot: bool,
                          "run `atlas plan` once per format, e.g. `atlas plan --dot > plan.dot`")
     project = _project(ctx)
     chosen = check_targets(project, targets)
-    store = open_store(project)
+    store = open_store(project, readonly=True)
     graph, p = make_plan(project, store, _probe(), chosen, chosen if force else (), force_all)
     store.close()
     renderers = {"--json": lambda: json.dumps(render.plan_json(project, graph, p), indent=2),
@@ -147,8 +155,12 @@ def plan(ctx: click.Context, targets: tuple[str, ...], as_json: bool, dot: bool,
 @click.option("-f", "--force", is_flag=True, help="Re-run the targets even when up to date.")
 @click.option("--force-all", is_flag=True, help="Re-run the targets and all their upstream steps.")
 @click.option("-k", "--keep-going", is_flag=True, help="After a failure, go on with independent steps.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Independent steps run in parallel; each GPU step gets its own CUDA_VISIBLE_DEVICES.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Independent steps run in parallel (default 1); each GPU step gets its own "
+                   "CUDA_VISIBLE_DEVICES. Under --executor slurm: how many jobs are queued at once (default 64).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default=None,
+              help="Where steps run: local (this machine) or slurm (one batch job per step, on a cluster "
+                   "that shares the project folder). Default: `executor.kind` in tasks/project.yaml, else local.")
 @click.option("--strict", is_flag=True, help="Exit 4 when any step was skipped or is waiting.")
 @click.option("--wait", "wait_lock", is_flag=True, help="Queue behind another atlas run instead of stopping.")
 @click.option("-v", "--verbose", is_flag=True, help="Echo every step's log lines to stderr.")
@@ -171,6 +183,8 @@ def run(ctx: click.Context, targets: tuple[str, ...], dry_run: bool, **opts: Any
     as_json, verbose = opts.pop("as_json"), opts.pop("verbose")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops cleanly, like Ctrl-C
     project = _project(ctx)
+    if opts["jobs"] is None:
+        opts["jobs"] = 64 if (opts["executor"] or project.defaults.executor.kind) == "slurm" else 1
     with RunDisplay(out=sys.stderr if as_json else sys.stdout, verbose=verbose) as display:
         report = run_workflow(project, _probe(), RunOptions(list(targets), argv=sys.argv, **opts), display)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))

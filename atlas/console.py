@@ -61,6 +61,9 @@ class RunDisplay:
             else:
                 print(text, file=stream, flush=True)
 
+    def warn(self, text: str) -> None:
+        self._print(f"warning: {text}", self.err)
+
     def step_started(self, task: str, reason: str, attempt: int, attempts: int) -> None:
         again = f" (attempt {attempt}/{attempts})" if attempt > 1 else ""
         self._print(f"{SYMBOLS['run']} {task}: running — {reason}{again}")

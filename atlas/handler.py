@@ -67,6 +67,9 @@ class Handler:
     Params: ClassVar[type[Params]] = Params
     # Names (files, or folders ending in "/") the step writes into ctx.output_dir.
     outputs: ClassVar[tuple[str, ...]] = ()
+    # Inputs run() reads without checking (`ctx.inputs["name"]`), each with what usually
+    # feeds it: a manifest without one is a validation error at its location.
+    required_inputs: ClassVar[dict[str, str]] = {}
     # Capabilities the step always needs (the manifest's `requires` adds more).
     requires: ClassVar[tuple[str, ...]] = ()
     # True when results depend on the GPU/driver/CUDA stack: the environment then

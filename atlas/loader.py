@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 import gc
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,9 @@ class _Collector:
         self.problems: list[ManifestProblem] = []
 
     def add(self, file: str, pos: tuple[int, int], message: str, path: tuple = ()) -> None:
+        # one problem, one line: a message quoting the manifest (or a library's multi-line
+        # text) must not break the `file:line:col: message` shape that editors parse
+        message = " ".join(message.split()) if "\n" in message or "\r" in message else message
         self.problems.append(ManifestProblem(file, pos[0], pos[1], message, _field_path(path)))
 
     def pydantic(self, file: str, located: yamlpos.Located, exc: ValidationError,
@@ -92,7 +97,11 @@ class _Collector:
                 message = f"missing required field {path[-1]!r}"
                 pos = located.where(path[:-1])
             else:
-                message = f"{err['msg']} (got {_short(err.get('input'))})"
+                text = err["msg"]
+                if kind == "value_error":             # our validators' own words, without pydantic's prefix
+                    text = text.removeprefix("Value error, ")
+                shown = _short(err.get("input"))
+                message = text if shown in text else f"{text} (got {shown})"
                 pos = located.where(path)
             self.add(file, pos, message, path)
 
@@ -131,9 +140,47 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# A manifest is one or two KB, and tasks/project.yaml with the hierarchy of 12 tasks is 8 KB:
+# the bound stops a runaway file (or a link to /dev/zero) long before it costs anything.
+MAX_MANIFEST_BYTES = 256 * 1024
+
+
 def _read(path: Path, rel: str, out: _Collector) -> yamlpos.Located | None:
+    # Only a regular file, and at most MAX_MANIFEST_BYTES + 1 bytes of it. stat() follows
+    # links as open() would; a FIFO is never opened (that blocks until a writer comes).
+    data = b""
     try:
-        located = yamlpos.load(path.read_text(encoding="utf-8"))
+        info = os.stat(path)
+        mode = info.st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a character device" if stat.S_ISCHR(mode)
+                    else "a block device" if stat.S_ISBLK(mode) else "a special file")
+            out.add(rel, (1, 1), f"not a regular file ({kind})")
+            return None
+        if info.st_size <= MAX_MANIFEST_BYTES:
+            # O_NONBLOCK: should the path become a FIFO after stat(), open() still returns
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            with open(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    out.add(rel, (1, 1), "not a regular file (it was replaced while being read)")
+                    return None
+                data = file.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        out.add(rel, (1, 1), f"cannot read the file: {exc.strerror or exc}")
+        return None
+    limit_kb = MAX_MANIFEST_BYTES // 1024
+    if info.st_size > MAX_MANIFEST_BYTES:
+        out.add(rel, (1, 1), f"manifest is {-(-info.st_size // 1024):,} KB; the limit is {limit_kb} KB")
+        return None
+    if len(data) > MAX_MANIFEST_BYTES:
+        out.add(rel, (1, 1), f"manifest is over {limit_kb} KB (it grew while being read); "
+                f"the limit is {limit_kb} KB")
+        return None
+    try:
+        # newlines translated as read_text() does (\r\n and \r become \n)
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        located = yamlpos.load(text)
     except UnicodeDecodeError as exc:
         out.add(rel, (1, 1), f"not UTF-8 text: {exc.reason}")
         return None
@@ -157,7 +204,7 @@ def load_defaults(root: Path, out: _Collector) -> ProjectDefaults:
     if located is None:
         return ProjectDefaults(name=root.name)
     try:
-        return ProjectDefaults.model_validate(located.data)
+        return ProjectDefaults.model_validate(located.data, context={"project_root": root})
     except ValidationError as exc:
         out.pydantic(rel, located, exc, model=ProjectDefaults)
         return ProjectDefaults(name=root.name)
@@ -206,7 +253,7 @@ def _load_project(root: Path, registry: Registry | None) -> Project:
             continue
         manifests[manifest.id] = (manifest, rel, located)
 
-    steps = _bind_handlers(manifests, registry, out)
+    steps = _bind_handlers(manifests, registry, out, root)
     _check_links(manifests, defaults, steps, out, unreadable)
     graph = build_graph({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
     for cycle in find_cycles(graph):
@@ -221,7 +268,7 @@ def _load_project(root: Path, registry: Registry | None) -> Project:
     return Project(root, defaults, steps, graph)
 
 
-def _bind_handlers(manifests: dict, registry: Registry, out: _Collector) -> dict[str, Step]:
+def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: Path) -> dict[str, Step]:
     steps: dict[str, Step] = {}
     for tid, (manifest, rel, located) in manifests.items():
         if manifest.handler not in registry:
@@ -233,8 +280,8 @@ def _bind_handlers(manifests: dict, registry: Registry, out: _Collector) -> dict
         except HandlerLoadError as exc:
             out.add(rel, located.where(("handler",)), exc.message, ("handler",))
             continue
-        try:
-            params = handler.Params.model_validate(manifest.params)
+        try:        # the root lets path params check where their links lead
+            params = handler.Params.model_validate(manifest.params, context={"project_root": root})
         except ValidationError as exc:
             out.pydantic(rel, located, exc, prefix=("params",), model=handler.Params)
             continue
@@ -268,6 +315,12 @@ def _check_links(manifests: dict, defaults: ProjectDefaults, steps: dict[str, St
         elif node is not None and node.task and node.task != tid:
             out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} belongs to {node.task} in the "
                     f"project hierarchy (tasks/{DEFAULTS_FILE})", ("wbs",))
+        if tid in steps:
+            for name, usual in steps[tid].handler.required_inputs.items():
+                if name not in manifest.inputs:
+                    out.add(rel, located.where(("inputs",), key=True) if "inputs" in located.data
+                            else (1, 1), f"input {name!r} is required by handler {manifest.handler} (usually "
+                            f"{usual})", ("inputs", name))
         for name, spec in manifest.input_specs().items():
             source, output = spec.from_.split(":", 1)
             pos, path = located.where(("inputs", name)), ("inputs", name)

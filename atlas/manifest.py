@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from atlas.paths import WeightsChoice, lexical_problem
+
 from atlas.probe import CAPABILITIES
 
 TASK_ID_PATTERN = r"^AG-[A-Z0-9]+-[A-Z0-9]+-\d{3}$"
@@ -37,6 +39,9 @@ class Strict(BaseModel):
 def _check_ref(value: str) -> str:
     if ":" not in value or not value.split(":", 1)[1]:
         raise ValueError(f"{value!r} is not an input reference (write TASK-ID:output-name)")
+    problem = lexical_problem(value.split(":", 1)[1])
+    if problem:      # an output is a name inside the producing step's output folder
+        raise ValueError(f"input {value!r}: {problem}")
     return value
 
 
@@ -66,6 +71,48 @@ Input = Annotated[
 ]
 
 
+# sbatch options atlas sets itself (or that would point Slurm at files outside the
+# project): refused in extra_args, where they would silently override what atlas relies on
+_OWN_SBATCH = ("--output", "--error", "--input", "-o", "-e", "-i", "--chdir", "-D", "--job-name", "-J",
+               "--parsable", "--wrap", "--export", "--array", "-a", "--wait", "-W", "--open-mode",
+               "--dependency", "-d", "--test-only")
+_SBATCH_ARG = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[^\0\n]*)?$")
+_MEMORY = r"^\d+[KMGT]?$"
+
+
+def _sbatch_args(values: list[str]) -> list[str]:
+    for value in values:
+        if not _SBATCH_ARG.match(value):
+            raise ValueError(f"{value!r} is not an sbatch option: write --name=value (one option per item)")
+        name = value.split("=", 1)[0]
+        if name in _OWN_SBATCH:
+            raise ValueError(f"{name} is set by atlas itself (job name, log, folder, environment); leave it out")
+    return values
+
+
+SbatchArgs = Annotated[list[str], AfterValidator(_sbatch_args)]
+
+
+class SlurmResources(Strict):
+    """What a step's Slurm job asks for; unset fields come from the step (gpus, timeout)
+    and the project's executor block."""
+
+    cpus: int | None = Field(None, ge=1, le=4096, description="--cpus-per-task (default 1)")
+    memory: str | None = Field(None, pattern=_MEMORY, description="--mem, e.g. 16G")
+    gpus: int | None = Field(None, ge=0, le=64, description="--gpus-per-node (default: the step's gpus)")
+    nodes: int = Field(1, ge=1, le=1024, description="--nodes; more than 1 only for DISTRIBUTED")
+    time: float | None = Field(None, description="--time (default: the step's timeout)")
+    partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,-]+$")
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    qos: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    extra_args: SbatchArgs = []
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
 class Manifest(Strict):
     id: str = Field(pattern=TASK_ID_PATTERN, description="Atlas task ID, e.g. AG-DS-LIBTEST-001")
     title: str = Field(min_length=1, description="original (Turkish) title from the workplan")
@@ -85,6 +132,8 @@ class Manifest(Strict):
     retries: int = Field(0, ge=0, le=10)
     gpus: Literal[0, 1, "all"] | None = Field(
         None, description="GPUs a step takes under -j: 0, 1 or all (default: 1 when it requires cuda)")
+    slurm: SlurmResources = Field(default_factory=SlurmResources,
+                                  description="the step's Slurm job under --executor slurm")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -135,11 +184,22 @@ class DataDefaults(Strict):
 
 class ModelDefaults(Strict):
     arch: str = "resnet50"
-    weights: str = Field("imagenet", description="imagenet (error when unavailable), auto (imagenet when "
+    weights: WeightsChoice = Field("imagenet", description="imagenet (error when unavailable), auto (imagenet when "
                                                  "cached or downloadable, else random init, said in the "
                                                  "result), none, or a path to a .pth state_dict")
     freeze_until: str | None = Field("layer3", description="freeze parameters up to and including this "
                                                            "module (e.g. layer3); null trains everything")
+
+
+class ExecutorDefaults(Strict):
+    """Where steps run: `local` (this machine, the default) or `slurm` (one job per step)."""
+
+    kind: Literal["local", "slurm"] = "local"
+    partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,-]+$")
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    qos: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    extra_args: SbatchArgs = []
+    poll: float = Field(0.5, gt=0, le=60, description="seconds between looks at the queue")
 
 
 class ProjectDefaults(Strict):
@@ -148,6 +208,7 @@ class ProjectDefaults(Strict):
     owner: str = ""
     data: DataDefaults = DataDefaults()
     model: ModelDefaults = ModelDefaults()
+    executor: ExecutorDefaults = ExecutorDefaults()
     hierarchy: list[WbsNode] = []
 
     def wbs_index(self) -> dict[str, WbsNode]:

@@ -13,7 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from atlas.forkserver import ForkServer
 
 KILL_GRACE_S = 5.0
 
@@ -25,6 +28,7 @@ class ProcessResult:
     timed_out: bool = False
     cancelled: bool = False
     log_lines: int = 0
+    job: object | None = None      # a Slurm step: its atlas.slurm.JobInfo
 
 
 @dataclass
@@ -48,7 +52,10 @@ class ProcessTable:
         with self.lock:
             procs = list(self.procs)
         for proc in procs:
-            terminate(proc)
+            if hasattr(proc, "cancel"):    # a Slurm job: scancel, not a signal
+                proc.cancel()
+            else:
+                terminate(proc)
 
 
 def _group_running(proc: subprocess.Popen) -> bool:
@@ -73,6 +80,75 @@ def _group_running(proc: subprocess.Popen) -> bool:
             if int(fields[2]) == proc.pid and fields[0] not in (b"Z", b"X"):
                 return True
     return False
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:                                  # no procfs: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks after boot (/proc/PID/stat field 22):
+    with the pid, it names one process for good, a pid reused later has another."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def leftover_pids(pgid: int, leader_started: int | None) -> list[int]:
+    """Live processes of the process group a dead runner's step led. The group is the
+    step's while its leader lives with the recorded start time; once the leader is gone,
+    the kernel keeps the group's number from being reused while any member lives, so every
+    member is the step's. A new process that reused the number is never touched."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    leader = start_ticks(pgid)
+    if leader is not None and leader_started is not None and leader != leader_started:
+        return found                                  # the number was reused: not ours
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def kill_leftovers(pgid: int, leader_started: int | None, wait_s: float = 5.0) -> int:
+    """SIGKILL what a dead runner's step left running; wait until it is gone. Returns
+    how many processes there were."""
+    pids = leftover_pids(pgid, leader_started)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + wait_s
+    while pids and leftover_pids(pgid, leader_started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(pids)
 
 
 def terminate(proc: subprocess.Popen) -> None:
@@ -102,42 +178,81 @@ def _guarded(sink: Callable, item: object) -> None:
         logging.getLogger("atlas.process").warning("could not record a step event: %s", exc)
 
 
+class StepSinks:
+    """Where a step's two streams go, line by line: JSON events (the result kept, the rest
+    handed on) and log lines (counted, handed on). A local step's pipes and a Slurm job's
+    files feed the same sinks."""
+
+    def __init__(self, on_event: Callable[[dict], None], on_log: Callable[[str], None]) -> None:
+        self.on_event, self.on_log = on_event, on_log
+        self.result: dict = {}
+        self.lines = 0
+
+    def event(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            return
+        if event.get("type") == "result":
+            self.result.update(event)
+        else:
+            _guarded(self.on_event, event)
+
+    def log(self, line: str) -> None:
+        self.lines += 1
+        _guarded(self.on_log, line)
+
+
 def _pump_lines(stream, sink: Callable[[str], None]) -> None:
     for raw in iter(stream.readline, b""):
         sink(raw.decode("utf-8", "replace").rstrip("\n"))
     stream.close()
 
 
+def _start(spec_path: Path, cwd: Path, env: dict[str, str], events_fd: int, lifeline_fd: int,
+           starter: ForkServer | None):
+    """The step process: forked by the run's starter when it can (milliseconds), else a
+    new interpreter (`python -m atlas.worker`). Either way its own session and group."""
+    if starter is not None and starter.accepts(env):
+        out_read, out_write = os.pipe()
+        try:
+            proc = starter.spawn(spec_path, cwd, env, out_write, events_fd, lifeline_fd)
+        except OSError as exc:
+            os.close(out_read)
+            logging.getLogger("atlas.process").info("starting steps in new interpreters: %s", exc)
+        else:
+            proc.stdout = os.fdopen(out_read, "rb")
+            return proc
+        finally:
+            os.close(out_write)
+    return subprocess.Popen([sys.executable, "-m", "atlas.worker", str(spec_path)], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            pass_fds=(events_fd, lifeline_fd), start_new_session=True)
+
+
 def run_step_process(spec: dict, spec_path: Path, *, cwd: Path, env: dict[str, str],
                      timeout: float | None, on_event: Callable[[dict], None],
-                     on_log: Callable[[str], None], table: ProcessTable) -> ProcessResult:
+                     on_log: Callable[[str], None], table: ProcessTable,
+                     on_start: Callable[[int], None] = lambda pid: None,
+                     starter: ForkServer | None = None) -> ProcessResult:
     read_fd, write_fd = os.pipe()
-    spec = dict(spec, events_fd=write_fd)
+    # The lifeline: the worker blocks reading it and kills its own process group when
+    # it reads end-of-file, which happens the moment this runner dies, however it dies.
+    life_read, life_write = os.pipe()
+    spec = dict(spec, events_fd=write_fd, lifeline_fd=life_read)
     spec_path.write_text(json.dumps(spec))
-    result: dict = {}
-    lines = [0]
-
-    def event_sink(line: str) -> None:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            return
-        if event.get("type") == "result":
-            result.update(event)
-        else:
-            _guarded(on_event, event)
-
-    def log_sink(line: str) -> None:
-        lines[0] += 1
-        _guarded(on_log, line)
-
+    sinks = StepSinks(on_event, on_log)
+    event_sink, log_sink = sinks.event, sinks.log
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "atlas.worker", str(spec_path)], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                pass_fds=(write_fd,), start_new_session=True)
+        proc = _start(spec_path, cwd, env, write_fd, life_read, starter)
+    except BaseException:
+        os.close(life_write)
+        raise
     finally:
         os.close(write_fd)
+        os.close(life_read)
     table.add(proc)
+    _guarded(on_start, proc.pid)
     readers = [threading.Thread(target=_pump_lines, args=(proc.stdout, log_sink), daemon=True),
                threading.Thread(target=_pump_lines, args=(os.fdopen(read_fd, "rb"), event_sink), daemon=True)]
     for reader in readers:
@@ -162,7 +277,8 @@ def run_step_process(spec: dict, spec_path: Path, *, cwd: Path, env: dict[str, s
         raise
     finally:
         terminate(proc)   # processes the step left behind go with it
+        os.close(life_write)
         for reader in readers:
             reader.join(timeout=10)
         table.remove(proc)
-    return ProcessResult(result or None, proc.returncode, timed_out, table.cancelled.is_set(), lines[0])
+    return ProcessResult(sinks.result or None, proc.returncode, timed_out, table.cancelled.is_set(), sinks.lines)

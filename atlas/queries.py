@@ -11,23 +11,53 @@ from atlas.workflow import check_targets, open_store
 def _with_store(project: Project):
     if not (project.state_dir / "state.db").exists():
         return None
-    return open_store(project)
+    return open_store(project, readonly=True)
 
 
-def presented(store: StateStore, sr: StepRun) -> dict:
+def job_text(job: dict | None) -> str:
+    """`slurm 12 on node3, queued 0.4 s, ran 61.0 s` for a step run that was a batch job."""
+    if not job:
+        return ""
+    parts = [f"{job['executor']} {job['job_id']}" + (f" on {job['node']}" if job.get("node") else "")]
+    if job.get("queue_wait_s") is not None:
+        parts.append(f"queued {job['queue_wait_s']:.1f} s")
+    if job.get("run_s") is not None:
+        parts.append(f"ran {job['run_s']:.1f} s")
+    if job.get("state") and job["state"] != "COMPLETED":
+        parts.append(job["state"] + (f" ({job['reason']})" if job.get("reason") else ""))
+    return ", ".join(parts)
+
+
+def presented(store: StateStore, sr: StepRun, jobs: dict[int, dict] | None = None) -> dict:
     """A step run as the user should see it. An up-to-date record shows the result it is
     up to date with (message, findings, duration, when it was produced, its metrics), and
     says when it was last checked; any other record shows itself."""
     source = store.result_of(sr)
     repeats = sr.status == "up-to-date" and source.id != sr.id
-    return {"step_run": sr.id, "run": sr.run_id, "task": sr.task, "handler": sr.handler, "status": sr.status,
-            "reason": sr.reason or "", "checked": sr.ended if sr.status == "up-to-date" else None,
+    status, reason = sr.status, sr.reason or ""
+    if status == "running" and runner_gone(store, sr.run_id):
+        status, reason = "interrupted", "its runner is gone (killed?); the next `atlas run` records it and cleans up"
+    return {"step_run": sr.id, "run": sr.run_id, "task": sr.task, "handler": sr.handler, "status": status,
+            "reason": reason, "checked": sr.ended if sr.status == "up-to-date" else None,
             "result_step_run": source.id, "result_run": source.run_id, "result_status": source.status,
             "up_to_date_with": source.id if repeats else None,
             "message": source.message or "", "hint": source.hint or "", "findings": source.findings,
             "started": source.started, "ended": source.ended, "duration": source.duration,
             "attempts": source.attempts, "fingerprint": sr.fingerprint, "note": source.note,
-            "params": source.params, "devices": source.devices}
+            "params": source.params, "devices": source.devices,
+            "job": jobs.get(source.id) if jobs is not None else store.job_of(source.id)}
+
+
+def runner_gone(store: StateStore, run_id: int | None) -> bool:
+    """A run recorded as running whose runner process no longer exists on this host."""
+    import socket
+
+    from atlas.process import pid_alive
+
+    run = store.run(run_id) if run_id is not None else None
+    if run is None or run["status"] != "running" or run.get("host") != socket.gethostname():
+        return False
+    return not pid_alive(run["pid"])
 
 
 def last_values(store: StateStore, step_run_id: int) -> dict[str, dict]:
@@ -39,7 +69,8 @@ def status(project: Project) -> list[dict]:
     store = _with_store(project)
     try:
         last = store.last_steps() if store else {}
-        return [_status_row(project, task, presented(store, last[task]) if task in last else None)
+        jobs = store.jobs_of([store.result_of(sr).id for sr in last.values()]) if store else {}
+        return [_status_row(project, task, presented(store, last[task], jobs) if task in last else None)
                 for task in sorted(project.steps, key=lambda t: wbs_key(project.steps[t].manifest.wbs))]
     finally:
         if store:
@@ -54,10 +85,10 @@ def _status_row(project: Project, task: str, shown: dict | None) -> dict:
     step = project.steps[task]
     row = {"id": task, "wbs": step.manifest.wbs, "handler": step.handler.name, "title": step.manifest.title,
            "title_en": step.manifest.title_en, "status": "never run", "reason": "", "message": "",
-           "ended": None, "duration": None, "run": None, "checked": None, "result_run": None}
+           "ended": None, "duration": None, "run": None, "checked": None, "result_run": None, "job": None}
     if shown:
         row.update({k: shown[k] for k in ("status", "reason", "message", "ended", "duration", "run", "checked",
-                                           "result_run")})
+                                           "result_run", "job")})
     return row
 
 

@@ -134,6 +134,13 @@ def _state(row: dict) -> str:
 
 
 def status_text(rows: list[dict]) -> str:
+    from atlas.queries import job_text
+
+    if any(r.get("job") for r in rows):       # steps that ran as batch jobs: where and how long queued
+        body = [(r["wbs"], r["id"], _state(r), when(r["ended"]), seconds(r["duration"]), job_text(r.get("job")),
+                 r["message"] or r["reason"] or "") for r in rows]
+        return "\n".join(_table(("WBS", "TASK", "STATUS", "RESULT FROM", "TIME", "JOB", "RESULT"), body,
+                                right=(4,)))
     body = [(r["wbs"], r["id"], _state(r), when(r["ended"]), seconds(r["duration"]),
              r["message"] or r["reason"] or "") for r in rows]
     return "\n".join(_table(("WBS", "TASK", "STATUS", "RESULT FROM", "TIME", "RESULT"), body, right=(4,)))
@@ -158,6 +165,10 @@ def show_text(detail: dict) -> str:
                      f"run {last['run'] or '-'}, attempt {last['attempts']}")
         lines.append(f"  why it ran: {last['reason'] or '-'}")
     lines.append(f"  fingerprint: {last['fingerprint'] or '-'}")
+    if last.get("job"):
+        from atlas.queries import job_text
+
+        lines.append(f"  job: {job_text(last['job'])}")
     if last.get("message"):
         lines.append(f"  message: {last['message']}")
     if last.get("hint"):

@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS figures (
 CREATE INDEX IF NOT EXISTS figures_step ON figures(step_run_id);
 CREATE TABLE IF NOT EXISTS run_environment (
   run_id INTEGER PRIMARY KEY REFERENCES runs(id), data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS step_processes (
+  step_run_id INTEGER PRIMARY KEY REFERENCES step_runs(id), pid INTEGER NOT NULL, host TEXT NOT NULL,
+  started INTEGER);
+CREATE TABLE IF NOT EXISTS step_jobs (
+  step_run_id INTEGER PRIMARY KEY REFERENCES step_runs(id), executor TEXT NOT NULL, job_id TEXT NOT NULL,
+  job_dir TEXT, node TEXT, state TEXT, reason TEXT, exit_code TEXT, submitted REAL, started REAL, ended REAL);
 """
 # Tables added after schema 1 are created with IF NOT EXISTS, so older stores gain them
 # on open; a store written before them has no figures and no run environment.
@@ -77,20 +83,58 @@ class StepRun:
         return cls(**data)
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """The store without writing a byte. A WAL database opened read-only still needs its
+    -shm file; where the folder forbids creating it, `immutable` reads the file as it is."""
+    if not path.exists():
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        for statement in _statements():
+            db.execute(statement)
+        return db
+    uri = path.resolve().as_uri()
+    for flags in ("mode=ro", "mode=ro&immutable=1"):
+        db = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=30, check_same_thread=False,
+                             isolation_level=None)
+        try:
+            names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            break
+        except sqlite3.OperationalError:
+            db.close()
+    else:
+        raise sqlite3.OperationalError(f"unable to open {path} read-only")
+    # tables newer than this store: empty stand-ins in the connection's temp schema
+    for statement in _statements():
+        words = statement.split()
+        if words[:2] == ["CREATE", "TABLE"] and words[5] not in names:
+            db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    return db
+
+
+def _statements() -> list[str]:
+    return [s for s in SCHEMA.split(";") if s.strip()]
+
+
 class StateStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """`readonly=True` (status, show, history, compare, report, plan) writes nothing, not
+    even the schema: it works on a project whose .atlas/ the user may not write, and on
+    one that never ran (an empty store in memory)."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         self._lock = threading.RLock()
-        self.db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
+        if readonly:
+            self.db = _open_readonly(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            for statement in _statements():
                 self.db.execute(statement)
-        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=30000")
 
     def close(self) -> None:
         self.db.close()
@@ -136,14 +180,83 @@ class StateStore:
         with self._tx() as db:
             db.execute("UPDATE runs SET ended = ?, status = ? WHERE id = ?", (time.time(), status, run_id))
 
+    def record_process(self, step_run_id: int, pid: int, started: int | None = None) -> None:
+        """The step's process (the leader of its group) and when it started (see
+        atlas.process.start_ticks), so a later run can find what this one left behind."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO step_processes VALUES (?, ?, ?, ?)",
+                       (step_run_id, pid, socket.gethostname(), started))
+
+    def abandoned_processes(self) -> list[tuple[int, int, int | None]]:
+        """(step run, process group, leader's start) of steps a dead runner left 'running'
+        on this host."""
+        rows = self.db.execute("SELECT p.step_run_id, p.pid, p.started FROM step_processes p JOIN step_runs s "
+                               "ON s.id = p.step_run_id WHERE s.status = 'running' AND p.host = ?",
+                               (socket.gethostname(),)).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def repair_abandoned(self) -> int:
         """Runs and step runs left 'running' by a runner that was killed (SIGKILL, power)."""
         with self._tx() as db:
             n = db.execute("UPDATE step_runs SET status = 'interrupted', reason = 'runner was killed', "
-                           "ended = COALESCE(ended, started) WHERE status = 'running'").rowcount
+                           "message = 'the runner died while this step ran; its partial outputs were removed', "
+                           "ended = COALESCE(ended, started), duration = COALESCE(duration, 0) "
+                           "WHERE status = 'running'").rowcount
+            db.execute("UPDATE step_runs SET message = 'the runner died while this step''s batch job ran; the "
+                       "next run takes the job over when it is still wanted' WHERE reason = 'runner was killed' "
+                       "AND message LIKE 'the runner died while this step ran%' AND id IN "
+                       "(SELECT step_run_id FROM step_jobs)")
             db.execute("UPDATE runs SET status = 'interrupted', ended = COALESCE(ended, started) "
                        "WHERE status = 'running'")
             return n
+
+    def record_job(self, step_run_id: int, job: dict, job_dir: str | None = None, executor: str = "slurm") -> None:
+        """A step run's batch job: its ID at once (so a restarted runner can find it), then
+        node, state, Slurm's reason and times as they become known."""
+        with self._tx() as db:
+            db.execute("INSERT INTO step_jobs (step_run_id, executor, job_id, job_dir) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT(step_run_id) DO NOTHING", (step_run_id, executor, job["job_id"], job_dir))
+            db.execute("UPDATE step_jobs SET node = ?, state = ?, reason = ?, exit_code = ?, submitted = ?, "
+                       "started = ?, ended = ? WHERE step_run_id = ?",
+                       (job.get("node"), job.get("state"), job.get("reason"), job.get("exit_code"),
+                        job.get("submitted"), job.get("started"), job.get("ended"), step_run_id))
+
+    def jobs_of(self, step_run_ids: list[int]) -> dict[int, dict]:
+        """Batch jobs of many step runs, with queue wait and run time."""
+        found: dict[int, dict] = {}
+        for start in range(0, len(step_run_ids), 500):
+            chunk = step_run_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM step_jobs WHERE step_run_id IN ({marks})", chunk):
+                job = dict(row)
+                sub, beg, end = job["submitted"], job["started"], job["ended"]
+                job["queue_wait_s"] = max(0.0, beg - sub) if sub is not None and beg is not None else None
+                job["run_s"] = max(0.0, end - beg) if beg is not None and end is not None else None
+                found[job.pop("step_run_id")] = job
+        return found
+
+    def job_of(self, step_run_id: int) -> dict | None:
+        return self.jobs_of([step_run_id]).get(step_run_id)
+
+    def job_ids_by_dir(self) -> dict[str, str]:
+        rows = self.db.execute("SELECT job_dir, job_id FROM step_jobs WHERE job_dir IS NOT NULL").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def abandoned_jobs(self) -> list[dict]:
+        """Batch jobs of step runs a dead runner left 'running' (the jobs may still run)."""
+        rows = self.db.execute("SELECT j.*, s.task FROM step_jobs j JOIN step_runs s ON s.id = j.step_run_id "
+                               "WHERE s.status = 'running'").fetchall()
+        return [dict(r) for r in rows]
+
+    def adoptable_job(self, task: str, fingerprint: str) -> dict | None:
+        """The job of the task's latest step run, when a killed runner left it and it was
+        computing exactly what is wanted now (same fingerprint)."""
+        row = self.db.execute("SELECT j.*, s.fingerprint FROM step_runs s JOIN step_jobs j ON j.step_run_id = s.id "
+                              "WHERE s.id = (SELECT MAX(id) FROM step_runs WHERE task = ?) "
+                              "AND s.status = 'interrupted' AND s.reason = 'runner was killed'", (task,)).fetchone()
+        if row is None or row["fingerprint"] != fingerprint:
+            return None
+        return dict(row)
 
     def runs(self, limit: int = 20, up_to: int | None = None) -> list[dict]:
         """Newest first, each with how many of its step runs ended in each status."""
@@ -178,6 +291,21 @@ class StateStore:
                 (run_id, task, handler, status, reason, time.time(), fingerprint,
                  json.dumps(components or {}, sort_keys=True), json.dumps(params or {}, sort_keys=True),
                  json.dumps(devices or [])))
+            return int(cur.lastrowid)
+
+    def record_step(self, run_id: int | None, task: str, handler: str, status: str, *, reason: str = "",
+                    message: str = "", fingerprint: str | None = None, components: dict | None = None,
+                    params: dict | None = None) -> int:
+        """A step run decided without running (up to date, skipped, waiting): one insert."""
+        assert status in FINAL, status
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO step_runs (run_id, task, handler, status, reason, started, ended, duration, "
+                "fingerprint, components, params, devices, message, hint, findings, attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, '[]', ?, '', '[]', 0)",
+                (run_id, task, handler, status, reason, now, now, fingerprint,
+                 json.dumps(components or {}, sort_keys=True), json.dumps(params or {}, sort_keys=True), message))
             return int(cur.lastrowid)
 
     def finish_step(self, step_run_id: int, status: str, *, message: str = "", hint: str = "",

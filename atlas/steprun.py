@@ -3,6 +3,7 @@ recorded in the state store, GPUs assigned, retries and timeout applied.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -12,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from atlas import artifacts
+from atlas import artifacts, slurm
 from atlas.console import RunDisplay
 from atlas.executor import Outcome
 from atlas.fingerprint import fingerprint
 from atlas.loader import Project, Step
 from atlas.planner import Decision
-from atlas.process import ProcessTable, run_step_process
+from atlas.forkserver import ForkServer
+from atlas.process import ProcessTable, run_step_process, start_ticks
+from atlas.slurm import SlurmQueue
 from atlas.state import StateStore
 
 LOG_FLUSH_LINES = 200
@@ -86,6 +89,8 @@ class StepRunner:
     facts: dict                      # task -> StepFacts computed when the step was decided
     table: ProcessTable
     gpu_pool: GpuPool
+    starter: ForkServer | None = None     # forks step processes; None: a new interpreter each
+    slurm: SlurmQueue | None = None       # --executor slurm: each attempt is a batch job
 
     def __call__(self, task: str, decision: Decision) -> Outcome:
         step = self.project.steps[task]
@@ -104,10 +109,11 @@ class StepRunner:
                  attempt: int, attempts: int) -> Outcome:
         comps = self.facts[step.id].components
         state_dir = self.project.state_dir
+        fp = fingerprint(comps)
+        adopt = self._adoptable(step, fp) if self.slurm is not None else None
         sr = self.store.start_step(self.run_id, step.id, step.handler.name, reason=decision.reason,
-                                   fingerprint=fingerprint(comps), components=comps,
-                                   params=comps["params"], devices=devices or [])
-        tmp = artifacts.temp_dir(state_dir, step.id, sr)
+                                   fingerprint=fp, components=comps, params=comps["params"], devices=devices or [])
+        tmp = Path(adopt["output_dir"]) if adopt else artifacts.temp_dir(state_dir, step.id, sr)
         self.display.step_started(step.id, decision.reason, attempt, attempts)
         logs = _LogBuffer(self.store, sr, lambda line: self.display.log(step.id, line))
         spec = {"task": step.id, "handler_ref": f"{step.handler.__module__}:{step.handler.__qualname__}",
@@ -115,10 +121,17 @@ class StepRunner:
                 "project_root": str(self.project.root), "project": self.project.defaults.model_dump(mode="json"),
                 "devices": devices if devices is not None else self._all_gpus()}
         started = time.monotonic()
+        job_dir = None
         try:
-            proc = run_step_process(spec, tmp.parent / f".{step.id}-{sr}.spec.json", cwd=self.project.root,
-                                    env=self._env(devices), timeout=step.manifest.timeout,
-                                    on_event=lambda e: self._event(sr, e), on_log=logs.add, table=self.table)
+            if self.slurm is not None:
+                job_dir = Path(adopt["job_dir"]) if adopt else state_dir / "slurm" / f"{step.id}-{sr}"
+                proc = self._run_job(step, spec, sr, job_dir, logs, adopt)
+            else:
+                proc = run_step_process(spec, tmp.parent / f".{step.id}-{sr}.spec.json", cwd=self.project.root,
+                                        env=self._env(devices), timeout=step.manifest.timeout,
+                                        on_event=lambda e: self._event(sr, e), on_log=logs.add, table=self.table,
+                                        on_start=lambda pid: self.store.record_process(sr, pid, start_ticks(pid)),
+                                        starter=self.starter)
         except KeyboardInterrupt:
             logs.close()
             self.store.finish_step(sr, "interrupted", message="interrupted by the user", attempts=attempt)
@@ -126,6 +139,8 @@ class StepRunner:
             self.display.step_ended(step.id, "interrupted", duration=time.monotonic() - started)
             raise
         logs.close()
+        if proc.job is not None:
+            self.store.record_job(sr, proc.job.as_dict(), str(job_dir))
         status, message, hint, findings = self._judge(step, proc, tmp)
         if status == "succeeded":
             files = artifacts.hash_folder(tmp)
@@ -135,13 +150,54 @@ class StepRunner:
         elif tmp.exists():
             artifacts.keep_failed(tmp, state_dir, step.id)
         (tmp.parent / f".{step.id}-{sr}.spec.json").unlink(missing_ok=True)
+        if job_dir is not None:
+            slurm.remove_job_dir(job_dir)
         self.store.finish_step(sr, status, message=message, hint=hint, findings=findings, attempts=attempt)
         self.display.step_ended(step.id, status, message, time.monotonic() - started, findings, hint)
         return Outcome(status, decision.reason, message)
 
+    def _run_job(self, step: Step, spec: dict, sr: int, job_dir: Path, logs: _LogBuffer, adopt: dict | None):
+        files = slurm.job_files(job_dir)
+        # GPUs the job asks Slurm for: what the manifest says (slurm.gpus, gpus) or what a
+        # step that requires cuda needs; a step that merely can use a GPU asks for none
+        gpus = step.manifest.gpus if step.manifest.gpus is not None else (
+            1 if "cuda" in step.requirements() else 0)
+        options = slurm.sbatch_options(step.id, step.manifest.slurm, self.project.defaults.executor,
+                                       gpus, step.manifest.timeout, files["log"], self.project.root)
+
+        def submitted(info: slurm.JobInfo) -> None:
+            self.store.record_job(sr, info.as_dict(), str(job_dir))
+            how = "taken over from a runner that was killed" if adopt else "submitted"
+            logs.add(f"atlas: Slurm job {info.job_id} {how}")
+
+        return slurm.run_step_job(spec, job_dir, options=options, cwd=self.project.root,
+                                  env=slurm.environment(base_env()), timeout=step.manifest.timeout,
+                                  on_event=lambda e: self._event(sr, e), on_log=logs.add, table=self.table,
+                                  queue=self.slurm, on_submit=submitted, adopt=adopt["job_id"] if adopt else None)
+
+    def _adoptable(self, step: Step, fp: str) -> dict | None:
+        """A job that a killed runner left for this step, computing what is wanted now, and
+        still queued, running, or finished with its result: taken over, not submitted again."""
+        row = self.store.adoptable_job(step.id, fp)
+        if row is None or not row.get("job_dir"):
+            return None
+        files = slurm.job_files(Path(row["job_dir"]))
+        try:
+            output_dir = json.loads(files["spec"].read_text())["output_dir"]
+        except (OSError, ValueError, KeyError):
+            return None
+        info = self.slurm.watch(row["job_id"])
+        self.slurm.refresh([row["job_id"]])
+        if info.final and not slurm.has_result(files["events"]):
+            return None
+        return row | {"output_dir": output_dir}
+
     def _judge(self, step: Step, proc, tmp: Path) -> tuple[str, str, str, list]:
         if proc.cancelled:
             return "interrupted", "interrupted by the user", "", []
+        if proc.result is None and proc.job is not None:          # Slurm's own words
+            message, hint = slurm.failure_message(proc.job, proc.job.events_seen, step.id, step.file)
+            return "failed", message, hint, []
         if proc.timed_out:
             return ("failed", f"timed out after {step.manifest.timeout:g}s and was killed",
                     f"raise `timeout:` in {step.file}, or lower the step's params", [])
@@ -169,10 +225,7 @@ class StepRunner:
         return paths
 
     def _env(self, devices: list[int] | None) -> dict[str, str]:
-        env = dict(os.environ)
-        # the step imports what the runner imports (handlers from a source tree, tests' helpers)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = base_env()
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
         return env
@@ -188,6 +241,16 @@ class StepRunner:
             self.store.record_figure(step_run_id, event.get("spec"))
         elif event.get("type", "").startswith("progress"):
             self.display.progress(event)
+
+
+def base_env() -> dict[str, str]:
+    """The environment of every step process (and of the run's step starter)."""
+    env = dict(os.environ)
+    # the step imports what the runner imports (handlers from a source tree, tests' helpers)
+    # (absolute: the step runs in the project folder, maybe on another machine)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
 
 
 def step_gpus(step: Step) -> int | str:

@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -26,9 +27,31 @@ def load_handler(ref: str) -> type[Handler]:
     return obj  # type: ignore[return-value]
 
 
-def main(spec_path: str) -> int:
+def watch_lifeline(fd: int) -> None:
+    """Kill this step's whole process group when the runner dies: its end of the
+    lifeline closes, and the read below returns."""
+    def wait() -> None:
+        try:
+            while os.read(fd, 64):
+                pass
+        except OSError:
+            pass
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    threading.Thread(target=wait, name="atlas-lifeline", daemon=True).start()
+
+
+def main(spec_path: str, *, events_fd: int | None = None, lifeline_fd: int | None = None) -> int:
+    """Run the step the spec names. A forked child (atlas.forkserver) passes the pipes it
+    received, whose numbers differ from the ones the runner wrote into the spec."""
     spec = json.loads(Path(spec_path).read_text())
-    stream = os.fdopen(spec["events_fd"], "w", buffering=1, encoding="utf-8")
+    lifeline = lifeline_fd if lifeline_fd is not None else spec.get("lifeline_fd")
+    if lifeline is not None:
+        watch_lifeline(lifeline)
+    if spec.get("events_path"):          # a Slurm job: the runner reads the file as it grows
+        stream = open(spec["events_path"], "a", buffering=1, encoding="utf-8")
+    else:
+        stream = os.fdopen(events_fd if events_fd is not None else spec["events_fd"], "w",
+                           buffering=1, encoding="utf-8")
     lock = threading.Lock()
 
     def emit(event: dict) -> None:

@@ -5,14 +5,16 @@ RunDisplay it is given.
 """
 from __future__ import annotations
 
+import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import networkx as nx
 
-from atlas import __version__, artifacts
+from atlas import __version__, artifacts, forkserver
 from atlas.console import RunDisplay
 from atlas.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STRICT_SKIP, AtlasError, UsageError
 from atlas.executor import Interrupted, Outcome, execute
@@ -24,11 +26,13 @@ from atlas.planner import Plan, StepFacts, decide, plan
 from atlas.probe import Probe
 from atlas.process import ProcessTable
 from atlas.state import StateStore, StepRun
-from atlas.steprun import GpuPool, StepRunner
+from atlas.forkserver import ForkServer
+from atlas.steprun import GpuPool, StepRunner, base_env
 
 
-def open_store(project: Project) -> StateStore:
-    return StateStore(project.state_dir / "state.db")
+def open_store(project: Project, readonly: bool = False) -> StateStore:
+    """The project's state store; read-only views (plan, status, reports) write nothing."""
+    return StateStore(project.state_dir / "state.db", readonly=readonly)
 
 
 def check_targets(project: Project, targets: Iterable[str]) -> list[str]:
@@ -94,6 +98,22 @@ class History:
         self._successes = store.last_successes() if snapshot else None
         self._lasts = store.last_steps() if snapshot else None
         self._artifacts = store.artifacts_of([r.id for r in self._successes.values()]) if snapshot else None
+        self._lock = threading.Lock()          # -j N: steps finish on several threads
+
+    def refresh(self, task: str) -> None:
+        """Read one task's entries again (it has just run)."""
+        if not self.snapshot:
+            return
+        with self._lock:
+            last = self.store.last_success(task)
+            if last is None:
+                self._successes.pop(task, None)
+            else:
+                self._successes[task] = last
+                self._artifacts[last.id] = self.store.artifacts(last.id)
+            step = self.store.last_step(task)
+            if step is not None:
+                self._lasts[task] = step
 
     def last_success(self, task: str) -> StepRun | None:
         return self._successes.get(task) if self.snapshot else self.store.last_success(task)
@@ -148,6 +168,7 @@ class RunOptions:
     strict: bool = False
     wait_lock: bool = False
     report: bool = True             # write .atlas/report.html at the end
+    executor: str | None = None     # local | slurm; None: the project's executor block
     argv: list[str] = field(default_factory=list)
 
 
@@ -182,14 +203,88 @@ def exit_code_for(outcomes: dict[str, Outcome], strict: bool) -> int:
     return EXIT_OK
 
 
+def recover_after_crash(project: Project, store: StateStore) -> int:
+    """Under the lock, before anything runs: what a killed runner left behind. Its steps'
+    processes are killed (found by process group and its leader's start time), its runs and
+    steps recorded as interrupted, and every half-written output folder removed, so
+    nothing half-done is ever taken as done. Returns how many step runs were repaired."""
+    from atlas.process import kill_leftovers
+
+    for _step_run, pgid, leader_started in store.abandoned_processes():
+        kill_leftovers(pgid, leader_started)
+    repaired = store.repair_abandoned()
+    artifacts.remove_temporaries(project.state_dir, keep=_batch_job_outputs(project, store))
+    return repaired
+
+
+def _batch_job_outputs(project: Project, store: StateStore) -> set[str]:
+    """Output folders of Slurm jobs a killed runner left (still queued, running, or done
+    with a result): kept for the run that takes the job over. A job that Slurm has ended
+    without a result goes, with its folders."""
+    from atlas import slurm
+
+    keep: set[str] = set()
+    root = project.state_dir / "slurm"
+    if not root.is_dir():
+        return keep
+    job_ids = store.job_ids_by_dir()
+    queue = slurm.SlurmQueue() if slurm.missing() is None else None
+    try:
+        for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = slurm.job_files(job_dir)
+            try:
+                output = Path(json.loads(files["spec"].read_text())["output_dir"]).name
+            except (OSError, ValueError, KeyError):
+                slurm.remove_job_dir(job_dir)
+                continue
+            job_id = job_ids.get(str(job_dir))
+            if queue is not None and job_id is not None and not slurm.has_result(files["events"]):
+                info = queue.watch(job_id)
+                queue.refresh([job_id])
+                if info.final:
+                    slurm.remove_job_dir(job_dir)
+                    continue
+            keep.add(output)
+    finally:
+        if queue is not None:
+            queue.close()
+    return keep
+
+
+def executor_of(project: Project, options: RunOptions) -> str:
+    return options.executor or project.defaults.executor.kind
+
+
+def _slurm_queue(project: Project, options: RunOptions, display: RunDisplay):
+    """The run's Slurm queue under --executor slurm (checked before the run starts)."""
+    if executor_of(project, options) != "slurm":
+        return None
+    from atlas import slurm
+
+    warning = slurm.shared_folder_warning(project.root, project.defaults.executor.partition)
+    if warning:
+        display.warn(warning)
+    return slurm.SlurmQueue(project.defaults.executor.poll)
+
+
+def check_executor(project: Project, options: RunOptions) -> None:
+    if executor_of(project, options) == "slurm":
+        from atlas import slurm
+
+        why = slurm.missing()
+        if why:
+            raise UsageError(f"--executor slurm: {why}", slurm.SLURM_HINT)
+
+
 def run(project: Project, probe: Probe, options: RunOptions, display: RunDisplay) -> RunReport:
     targets = check_targets(project, options.targets)
     if options.jobs < 1:
         raise UsageError("-j needs a number of 1 or more")
+    check_executor(project, options)
     with ProjectLock(project.state_dir).acquire(wait=options.wait_lock):
         store = open_store(project)
         try:
-            store.repair_abandoned()
+            recover_after_crash(project, store)
             result = _execute(project, store, probe, options, targets, display)
         finally:
             store.close()
@@ -206,11 +301,17 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
     forced = set(graph) if options.force_all else set(targets) if options.force else set()
     capabilities, hints = probe.capabilities(), probe.hints()
     facts: dict[str, StepFacts] = {}
-    live = History(store, snapshot=False)
+    # what the store held when the run began; a task's entry is read again once it has run
+    # (only running a task changes its last success), so deciding 2,000 up-to-date steps
+    # costs three queries, not three per step
+    live = History(store, snapshot=True)
     run_id = store.start_run(targets, options.argv, __version__, probe.as_dict())
     table = ProcessTable()
+    queue = _slurm_queue(project, options, display)
+    starter = ForkServer(base_env(), project.root) if forkserver.enabled() and queue is None else None
     runner = StepRunner(project, store, run_id, display, facts, table,
-                        GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1))
+                        GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1 and queue is None),
+                        starter, queue)
 
     def decide_now(task: str, upstream_outcomes: dict) -> object:
         facts[task] = step_facts(project, live, probe, task)
@@ -219,19 +320,29 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
     def note(task: str, outcome: Outcome) -> None:
         step = project.steps[task]
         comps = facts.get(task).components if task in facts else None
-        sr = store.start_step(run_id, task, step.handler.name, outcome.status, reason=outcome.reason,
-                              fingerprint=fingerprint(comps) if comps else None, components=comps,
-                              params=comps["params"] if comps else None)
-        store.finish_step(sr, outcome.status, message=outcome.message)
+        store.record_step(run_id, task, step.handler.name, outcome.status, reason=outcome.reason,
+                          message=outcome.message, fingerprint=fingerprint(comps) if comps else None,
+                          components=comps, params=comps["params"] if comps else None)
         hint = "atlas done {} --note '...'".format(task) if outcome.status == "waiting" else ""
         display.step_ended(task, outcome.status, outcome.reason, hint=hint)
 
+    def run_step(task: str, decision: object) -> Outcome:
+        try:
+            return runner(task, decision)
+        finally:
+            live.refresh(task)
+
     try:
-        outcomes = execute(graph, decide_now, runner, jobs=options.jobs, keep_going=options.keep_going,
+        outcomes = execute(graph, decide_now, run_step, jobs=options.jobs, keep_going=options.keep_going,
                            note=note, cancel=table.cancel_all)
     except Interrupted as stop:
         store.end_run(run_id, "interrupted")
         return RunReport(run_id, stop.outcomes, EXIT_INTERRUPTED)
+    finally:
+        if starter is not None:
+            starter.close()
+        if queue is not None:
+            queue.close()
     code = exit_code_for(outcomes, options.strict)
     store.end_run(run_id, {EXIT_OK: "succeeded", EXIT_STRICT_SKIP: "skipped"}.get(code, "failed"))
     return RunReport(run_id, outcomes, code)
@@ -249,6 +360,7 @@ def mark_done(project: Project, probe: Probe, task: str, note: str, wait_lock: b
     with ProjectLock(project.state_dir).acquire(wait=wait_lock):
         store = open_store(project)
         try:
+            recover_after_crash(project, store)
             facts = step_facts(project, History(store, snapshot=False), probe, task)
             comps = facts.components
             sr = store.start_step(None, task, step.handler.name, reason="marked done",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -40,6 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SIZES = (100, 1000, 10000)
@@ -270,35 +272,9 @@ def version(dist: str) -> str | None:
         return None
 
 
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def git_revision() -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    status = git("status", "--porcelain")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
-
-
 def source_digest() -> str:
     """sha256 over atlas/ and handlers/ sources: tells whether the code changed during a run."""
-    h = hashlib.sha256()
-    for folder in ("atlas", "handlers"):
-        for path in sorted((REPO / folder).rglob("*.py")):
-            h.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:16]
+    return machine.source_digest(("atlas", "handlers"))
 
 
 def machine_info() -> dict:
@@ -306,13 +282,9 @@ def machine_info() -> dict:
 
     import atlas
 
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    info = machine.machine()
+    info.pop("memory_gib")
+    return info | {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "executable": sys.executable,
@@ -324,7 +296,7 @@ def machine_info() -> dict:
         "click": version("click"),
         "atlas": atlas.__version__,
         "atlas_dist": version("atlas-runner"),
-        "git": git_revision(),
+        "git": machine.git_revision(),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 

@@ -29,6 +29,7 @@ import argparse
 import difflib
 import json
 import re
+import statistics
 import sys
 import textwrap
 from collections.abc import Callable
@@ -463,6 +464,95 @@ def plan_scale(src: Sources) -> str:
     return paragraph(intro) + "\n\n" + table(header, rows)
 
 
+PEER_OPS = (("validate", "validate", "`dvc stage list`"), ("plan_never_run", "plan, never run", "`-n` / `dvc status`"),
+            ("run", "run every step", ""), ("plan_up_to_date", "plan, up to date", "`-n` / `dvc status`"),
+            ("noop_rerun", "no-op re-run", "`atlas run` with its report / `dvc repro`"),
+            ("noop_rerun_no_report", "no-op re-run, atlas `--no-report`", "against the peers' no-op re-run"))
+
+
+def _newest(src: Sources, pattern: str) -> str:
+    files = src.glob(f"{RESULTS}/{pattern}")
+    if not files:
+        raise FiguresError(f"results file missing: {RESULTS}/{pattern} (none found)")
+    return max(files)
+
+
+def _cell(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return "n/i"
+    if entry.get("na"):
+        return "n/a"
+    value = entry.get("median_s")
+    if isinstance(value, (int, float)):
+        return duration(value)
+    if entry.get("skipped"):
+        return "not run"
+    return str(value or "-")
+
+
+def peers_block(src: Sources) -> str:
+    """atlas, Snakemake and DVC on the same generated pipelines (benchmarks/peers.py)."""
+    rel = _newest(src, "peers-*.json")
+    run = src.json(rel)
+    tools = need(run, "tools", file=rel)
+    versions = ", ".join(f"{label} {str(tools[name].get('version', '?')).split()[-1]}"
+                         for name, label in (("snakemake", "Snakemake"), ("dvc", "DVC"))
+                         if isinstance(tools.get(name), dict))
+    caps = run.get("settings", {}).get("run_steps_cap") or {}
+    settings = need(run, "settings", file=rel)
+    intro = (f"`benchmarks/peers.py` ({run['machine'].get('cpu_count', '?')}-core VM, {run['date'][:10]}; `{rel}`): "
+             f"the same pipelines (step i reads steps i-1 and i//2) in atlas, {versions}; each step its own "
+             f"process in every tool; medians of {settings['repeats']} interleaved repeats of the whole CLI call, "
+             f"bytecode cached for every tool alike. The last column is atlas's time over the faster peer's "
+             f"(below 1: atlas is faster)." + "".join(
+                 f" {name.upper() if name == 'dvc' else name}'s real runs (and what follows them) only up to "
+                 f"{cap:,} steps: `dvc repro` of 1,000 steps ran over 5 minutes here and was stopped, "
+                 f"so \"not run\"." for name, cap in caps.items()))
+    rows = []
+    for op, label, note in PEER_OPS:
+        for n, per_tool in need(run, "sizes", file=rel).items():
+            cells = [f"{label}" + (f" ({note})" if note else ""), count(int(n))]
+            cells += [_cell(per_tool.get(tool, {}).get(op) if isinstance(per_tool.get(tool), dict) else None)
+                      for tool in ("atlas", "snakemake", "dvc")]
+            peer_op = "noop_rerun" if op == "noop_rerun_no_report" else op
+            mine = (per_tool.get("atlas") or {}).get(op, {}).get("median_s")
+            peers = [per_tool[t][peer_op].get("median_s") for t in ("snakemake", "dvc")
+                     if isinstance(per_tool.get(t), dict) and isinstance(per_tool[t][peer_op].get("median_s"),
+                                                                       (int, float))]
+            cells.append(f"{mine / min(peers):.2f}" if isinstance(mine, (int, float)) and peers else "-")
+            rows.append(cells)
+    header = ["operation", "steps", "atlas", "Snakemake", "DVC", "atlas / faster peer"]
+    return paragraph(intro) + "\n\n" + table(header, rows)
+
+
+def slurm_peers_block(src: Sources) -> str:
+    """atlas and Snakemake's Slurm executor plugin on one Slurm cluster (benchmarks/slurm_peers.py)."""
+    rel = _newest(src, "slurm-peers-*.json")
+    run = src.json(rel)
+    summary = need(run, "summary", file=rel)
+    versions = need(run, "versions", file=rel)
+    jobs = run.get("atlas_jobs") or [{}]
+    waits = [j["queue_wait_median_s"] for j in jobs if j.get("queue_wait_median_s") is not None]
+    intro = (f"`benchmarks/slurm_peers.py` (`{rel}`, {run['date'][:10]}): {count(run['steps'])} trivial steps in "
+             f"layers of {run['width']}, each step one Slurm job, at most {run['jobs']} queued, on the one-node "
+             f"cluster of `.ci/slurm-cluster` ({run['machine'].get('cpu_count', '?')} CPUs, Slurm "
+             f"{run['cluster']['config'].get('SLURM_VERSION', '?')}); Snakemake {versions['snakemake']} with "
+             f"snakemake-executor-plugin-slurm {versions['snakemake-executor-plugin-slurm']} at its fastest status "
+             f"polling (first check after 1 s), atlas polling every 0.5 s; medians of "
+             f"{len(run['samples']['atlas'])} interleaved repeats.")
+    rows = [[name, duration(row["median_s"]), duration(row["per_step_s"]), "yes" if row["all_outputs"] else "no"]
+            for name, row in (("atlas", summary["atlas"]), ("Snakemake", summary["snakemake"]))]
+    text = paragraph(intro) + "\n\n" + table(["tool", "wall time", "per step", "every output written"], rows)
+    ratio = run.get("atlas_over_snakemake")
+    if ratio:
+        tail = (f"atlas took {ratio:.2f} of Snakemake's time" + (
+            f"; Slurm reported a median queue wait of {duration(statistics.median(waits))} for atlas's jobs ({run['width']} "
+            f"jobs of a layer share {run['machine'].get('cpu_count', '?')} CPUs; Slurm's times have whole seconds)"
+            if waits else "") + ".")
+        text += "\n\n" + paragraph(tail)
+    return text
+
+
 BLOCKS: dict[str, Callable[[Sources], str]] = {
     "tasks": tasks,
     "training": training,
@@ -471,6 +561,8 @@ BLOCKS: dict[str, Callable[[Sources], str]] = {
     "inference-gpu": inference_gpu,
     "int8": int8,
     "plan-scale": plan_scale,
+    "peers": peers_block,
+    "slurm-peers": slurm_peers_block,
 }
 
 # ---- README blocks ----

@@ -79,16 +79,42 @@ class Fail(Handler):
 
 class SleepParams(Params):
     seconds: float = 30.0
+    child: bool = False          # also start a grandchild process (as a DataLoader worker would)
 
 
 class Sleep(Handler):
     name = "sleep"
     Params = SleepParams
+    outputs = ("partial.txt",)
 
     def run(self, ctx: Context) -> Result:
+        import subprocess
+
+        ctx.write_text("partial.txt", "half-written")
+        if ctx.params.child:
+            child = subprocess.Popen(["sleep", str(ctx.params.seconds)])
+            Path(ctx.project_root, f"child-{ctx.task_id}").write_text(str(child.pid))
         Path(ctx.project_root, f"started-{ctx.task_id}").write_text(str(os.getpid()))
         time.sleep(ctx.params.seconds)
         return Result.succeeded("slept")
+
+
+class FillParams(Params):
+    megabytes: int = 8
+
+
+class Fill(Handler):
+    """Writes a large output (for the full-disk test)."""
+
+    name = "fill"
+    Params = FillParams
+    outputs = ("big.bin",)
+
+    def run(self, ctx: Context) -> Result:
+        with open(ctx.output("big.bin"), "wb") as f:
+            for _ in range(ctx.params.megabytes):
+                f.write(b"\0" * (1 << 20))
+        return Result.succeeded(f"wrote {ctx.params.megabytes} MB")
 
 
 class Crash(Handler):
@@ -163,4 +189,22 @@ class WhichGpu(Handler):
         return Result.succeeded(f"ran on {props.name}")
 
 
-ALL = (Echo, Plot, Copy, Fail, Sleep, Crash, Raise, Flaky, NeedsTensorRT, NoOutput, WhichGpu)
+class WhoAmI(Handler):
+    """Records what process the step ran in (for the step-starter tests)."""
+
+    name = "whoami"
+    outputs = ("who.json",)
+
+    def run(self, ctx: Context) -> Result:
+        import random
+        import sys
+
+        ctx.write_json("who.json", {"pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgrp(),
+                                    "sid": os.getsid(0), "cwd": os.getcwd(), "env": os.environ.get("ATLAS_TEST_VAR"),
+                                    "frameworks": sorted(m for m in ("torch", "numpy", "tensorrt", "cupy")
+                                                         if m in sys.modules),
+                                    "random": random.random()})
+        return Result.succeeded("who")
+
+
+ALL = (Echo, Plot, Copy, Fail, Sleep, Fill, Crash, Raise, Flaky, NeedsTensorRT, NoOutput, WhichGpu, WhoAmI)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -44,3 +47,13 @@ def atlas(root: Path, *args: str, registry: Registry = REGISTRY):
 def run_json(root: Path, *args: str) -> tuple[int, dict]:
     result = atlas(root, "run", "--json", *args)
     return result.exit_code, json.loads(result.stdout)
+
+
+def runner(root: Path, *args: str, command: str = "run") -> subprocess.Popen:
+    """`atlas run ARGS` in its own process (to be killed or interrupted), with the fake
+    handlers registered."""
+    script = ("import sys; from atlas.cli import main; from helpers import REGISTRY; "
+              f"main(['-C', {str(root)!r}, {command!r}, *{list(args)!r}], obj={{'registry': REGISTRY}})")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)

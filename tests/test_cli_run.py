@@ -179,7 +179,7 @@ def test_second_runner_stops_with_a_clear_message(tmp_path):
         result = atlas(root, "run", A)
     finally:
         lock.release()
-    assert result.exit_code == 1
+    assert result.exit_code == 5            # EXIT_BUSY: not "a step failed"
     assert f"error: another atlas run (pid {os.getpid()}) is working in this project" in result.stderr
     assert "--wait" in result.stderr
     assert atlas(root, "run", A).exit_code == 0

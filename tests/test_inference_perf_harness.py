@@ -233,7 +233,8 @@ def test_out_of_memory_at_one_batch_is_recorded_and_other_batches_continue():
                            out_of_memory=lambda exc: isinstance(exc, FakeOOM))
     assert [m.batch for m in result.measurements] == [1, 32]
     assert result.failures == [{"backend": "scripted", "batch": 8, "h2d": None,
-                                "reason": "out of memory at batch 8: FakeOOM: tried to allocate 9 GiB"}]
+                                "reason": "out of memory at batch 8: FakeOOM: tried to allocate 9 GiB "
+                                          "(leave 8 out of batch_sizes)"}]
 
 
 def test_other_errors_at_a_batch_stop_that_backend_only():

@@ -277,7 +277,12 @@ def test_module_paths_must_stay_inside_the_project(tmp_path):
     from handlers.ml.errors import DataError
     from handlers.preprocessing import cupy_run
     from handlers.preprocessing.numpy_port import CupyParams
-    ctx = Context("AG-DS-CUPY-001", CupyParams(modules=["../elsewhere"]), {}, tmp_path / "out", tmp_path / "proj", {})
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="climbs out of the project"):       # caught by validate
+        CupyParams(modules=["../elsewhere"])
+    # and at run time too (params built without validation, a link swapped in after validate)
+    ctx = Context("AG-DS-CUPY-001", CupyParams.model_construct(modules=["../elsewhere"]), {}, tmp_path / "out",
+                  tmp_path / "proj", {})
     (tmp_path / "proj").mkdir()
     with pytest.raises(DataError, match="outside the project"):
         cupy_run._modules(ctx, ["../elsewhere"])

@@ -173,3 +173,26 @@ def test_the_efficiency_arithmetic_of_the_step(tmp_path):
     assert metrics["ddp_images_per_s_1"] == 100.0 and metrics["ddp_images_per_s_4"] == 360.0
     assert "100 img/s at 1 process, 360 at 4 (cached batches), scaling efficiency 90%" in result.message
     assert json.loads((tmp_path / "out" / "scaling.json").read_text())["efficiency"] == pytest.approx(0.9)
+
+
+def test_a_slurm_job_of_several_nodes_launches_torchrun_through_srun(tmp_path, monkeypatch):
+    """Inside a 3-node allocation: one torchrun per node via srun, rendezvous at the first
+    node (scontrol is faked: this machine's cluster has one node; untested on a real
+    multi-node cluster)."""
+    from handlers.training.torchrun import slurm_allocation, srun_command
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text("#!/bin/sh\n[ \"$1 $2 $3\" = 'show hostnames gpu[07-09]' ] && "
+                                   "printf 'gpu07\\ngpu08\\ngpu09\\n'\n")
+    (fake / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    env = {"SLURM_JOB_ID": "41", "SLURM_JOB_NUM_NODES": "3", "SLURM_JOB_NODELIST": "gpu[07-09]"}
+    assert slurm_allocation(env) == (3, "gpu07")
+    assert slurm_allocation({"SLURM_JOB_ID": "41", "SLURM_JOB_NUM_NODES": "1"}) is None
+    assert slurm_allocation({}) is None
+    cmd = srun_command(3, torchrun_command(8, 3, None, "gpu07:29400", "job", 300, "c.json", python="py"))
+    assert cmd[:6] == ["srun", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                       "--export=ALL"]
+    assert "--nnodes=3" in cmd and "--rdzv-endpoint=gpu07:29400" in cmd
+    assert not any(c.startswith("--node-rank") for c in cmd)      # the rendezvous numbers the nodes

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from atlas.atomic import write_atomically
-from atlas.errors import UsageError
+from atlas.errors import UsageError, storage_error
 from atlas.loader import Project
 from atlas.probe import Probe
 from atlas.report.data import build
@@ -22,7 +22,9 @@ def text_of(project: Project, probe: Probe, fmt: str = "html", lang: str = "en",
     if lang not in LANGUAGES:
         raise UsageError(f"unknown language {lang!r}", f"choose one of {', '.join(LANGUAGES)}")
     data = build(project, probe, run_id)
-    return json.dumps(data, indent=2, default=str) + "\n" if fmt == "json" else render(data, fmt, lang)
+    if fmt == "json":
+        return json.dumps(data, indent=2, default=str) + "\n"
+    return render(data, fmt, lang, project.state_dir / "cache" / "figures")
 
 
 def default_path(project: Project, fmt: str) -> Path:
@@ -44,7 +46,8 @@ def write_report(project: Project, probe: Probe, fmt: str = "html", lang: str = 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, text, 0o644)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}", "choose another -o path") from None
+        raise storage_error(exc) or UsageError(f"cannot write {path}: {exc.strerror or exc}",
+                                               "choose another -o path") from None
     return shown_path(path)
 
 

@@ -14,7 +14,7 @@ from atlas.licenses import project_inventory
 from atlas.loader import Project
 from atlas.manifest import WbsNode
 from atlas.probe import Probe
-from atlas.queries import last_values, presented, wbs_key
+from atlas.queries import job_text, last_values, presented, wbs_key
 from atlas.state import StateStore
 from atlas.workflow import open_store
 
@@ -24,7 +24,7 @@ DONE = ("succeeded",)          # an up-to-date step counts through the result it
 
 def build(project: Project, probe: Probe, run_id: int | None = None, log_lines: int = 20,
           history_limit: int = 60) -> dict:
-    store = open_store(project) if (project.state_dir / "state.db").exists() else None
+    store = open_store(project, readonly=True) if (project.state_dir / "state.db").exists() else None
     try:
         as_of = _as_of(store, run_id)
         steps = {task: _step(project, store, task, as_of, log_lines) for task in project.steps}
@@ -75,7 +75,7 @@ def _step(project: Project, store: StateStore | None, task: str, as_of: int | No
              "message": "", "hint": "", "findings": [], "duration": None, "ended": None, "checked": None,
              "run": None, "result_run": None, "up_to_date_with": None, "attempts": 0, "note": None,
              "params": step.params.model_dump(mode="json"), "metrics": [], "per_step": None,
-             "artifacts": [], "log_tail": [], "figures": [], "figure_problems": []}
+             "artifacts": [], "log_tail": [], "figures": [], "figure_problems": [], "job": ""}
     last = store.last_step(task, as_of) if store else None
     if last is None:
         return entry
@@ -84,6 +84,7 @@ def _step(project: Project, store: StateStore | None, task: str, as_of: int | No
                                         "duration", "ended", "checked", "run", "result_run", "up_to_date_with",
                                         "attempts", "note")})
     entry["params"] = shown["params"] or entry["params"]
+    entry["job"] = job_text(shown["job"])
     source = shown["result_step_run"]
     entry["metrics"] = list(last_values(store, source).values())
     entry["per_step"] = per_step_table(store.metrics(source))

@@ -3,13 +3,17 @@ Markdown with tables in place of charts. Both escape every string they are given
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import yaml
 from markupsafe import Markup
 
 from atlas import charts
+from atlas.atomic import write_atomically
 from atlas.render import status_mermaid
 
 TEMPLATES = {"html": "report.html.j2", "md": "report.md.j2"}
@@ -67,28 +71,84 @@ def _environment():
     return env
 
 
-def _svgs(data: dict) -> tuple[dict[str, Markup], str | None]:
+class _SvgCache:
+    """Drawn figures kept in .atlas/cache/figures/, named by a digest of what they show
+    and of the code that draws them: a report after a run that changed nothing (or changed
+    one step) draws only what changed, and needs no matplotlib at all when nothing did.
+    Entries this page does not use are removed; a folder that cannot be written (a
+    write-protected project) only means every figure is drawn."""
+
+    def __init__(self, folder: Path | None) -> None:
+        from atlas.report import figures
+
+        self.folder = folder
+        self.code = hashlib.sha256(Path(figures.__file__).read_bytes()).hexdigest()[:16]
+        self.used: set[str] = set()
+
+    def get(self, what: object, draw) -> str:
+        key = hashlib.sha256(json.dumps([self.code, what], sort_keys=True, default=str).encode()).hexdigest()[:32]
+        self.used.add(key)
+        path = self.folder / f"{key}.svg" if self.folder is not None else None
+        if path is not None:
+            try:
+                return path.read_text(encoding="utf-8")
+            except OSError:
+                pass
+        svg = draw()
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, svg, 0o644)
+            except OSError:
+                pass
+        return svg
+
+    def prune(self) -> None:
+        if self.folder is None:
+            return
+        try:
+            for path in self.folder.glob("*.svg"):
+                if path.stem not in self.used:
+                    path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _svgs(data: dict, cache_dir: Path | None) -> tuple[dict[str, Markup], str | None]:
     """Every figure of the page drawn once: the graph and each step's charts."""
     from atlas.report import figures
 
+    status = {s["id"]: s["status"] for s in data["steps"]}
+    out = {}
+    if len(status) <= figures.GRAPH_MAX_STEPS:
+        out["graph"] = Markup(figures.graph_svg(data["graph"]["levels"], data["graph"]["edges"], status))
     missing = figures.unavailable()
     if missing:
-        return {}, missing
-    status = {s["id"]: s["status"] for s in data["steps"]}
-    out = {"graph": Markup(figures.graph_svg(data["graph"]["levels"], data["graph"]["edges"], status))}
+        return out, missing
+    cache = _SvgCache(cache_dir)
     for step in data["steps"]:
         for spec in step["figures"]:
             if spec["kind"] == "chart":
                 key = f"{step['id']}/{spec['name']}"
-                out[key] = Markup(figures.chart_svg(charts.Chart.model_validate(spec), key.replace("/", "-")))
+                out[key] = Markup(cache.get(["chart", key, spec], lambda spec=spec, key=key: figures.chart_svg(
+                    charts.Chart.model_validate(spec), key.replace("/", "-"))))
+    cache.prune()
     return out, None
 
 
-def render(data: dict, fmt: str, lang: str = "en") -> str:
+def t_graph_too_big(t, steps: int) -> str:
+    from atlas.report.figures import GRAPH_MAX_STEPS
+
+    return t("graph_too_big", steps=steps, limit=GRAPH_MAX_STEPS)
+
+
+def render(data: dict, fmt: str, lang: str = "en", cache_dir: Path | None = None) -> str:
     env = _environment()
     extra: dict = {"t": translator(lang), "lang": lang}
     if fmt == "html":
-        extra["svgs"], extra["svg_problem"] = _svgs(data)
+        extra["svgs"], extra["svg_problem"] = _svgs(data, cache_dir)
+        if not extra["svg_problem"] and "graph" not in extra["svgs"]:
+            extra["svg_problem"] = t_graph_too_big(extra["t"], len(data["steps"]))
     else:
         status = {s["id"]: s["status"] for s in data["steps"]}
         titles = {s["id"]: s["title_en"] for s in data["steps"]}

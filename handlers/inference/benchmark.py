@@ -64,6 +64,8 @@ class TrtTest(Handler):
     version = "1"
     Params = TrtTestParams
     outputs = ("benchmark.json", "benchmark.md")
+    required_inputs = {"checkpoint": "AG-DS-SCRIPTGPU-001:model.pt", "onnx": "AG-DS-ONNXCONV-001:model.onnx",
+                       "onnx_int8": "AG-DS-TRTPROFILE-001:model_int8_qdq.onnx"}
     requires = ("torch",)
     gpu_env = True
     project_keys = ("data",)

@@ -48,6 +48,9 @@ class TrtEngine(Handler):
     Params = TrtEngineParams
     outputs = ("engines/",)
     # no "cuda": TensorRT for RTX builds without a GPU; the handler says when the builder here needs one
+    required_inputs = {"profile": "AG-DS-TRTPROFILE-001:profile.yaml", "onnx": "AG-DS-ONNXCONV-001:model.onnx",
+                       "onnx_fp16": "AG-DS-TRTPROFILE-001:model_fp16.onnx",
+                       "onnx_int8": "AG-DS-TRTPROFILE-001:model_int8_qdq.onnx"}
     requires = ("tensorrt",)
     gpu_env = True
 

@@ -28,6 +28,7 @@ class OnnxConv(Handler):
     version = "1"
     Params = OnnxConvParams
     outputs = ("model.onnx", "export.json")
+    required_inputs = {"checkpoint": "AG-DS-SCRIPTGPU-001:model.pt (a training step's checkpoint)"}
     requires = ("torch", "onnx", "onnxruntime")
     project_keys = ("data",)
 

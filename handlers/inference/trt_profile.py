@@ -97,6 +97,7 @@ class TrtProfile(Handler):
     Params = TrtProfileParams
     outputs = ("profile.yaml", "model_fp16.onnx", "model_int8_qdq.onnx", "calibration/",
                "evaluation.json", "evaluation.md")
+    required_inputs = {"onnx": "AG-DS-ONNXCONV-001:model.onnx"}
     requires = ("torch", "onnx", "onnxruntime")
     project_keys = ("data",)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Callable
 
 
@@ -17,6 +18,23 @@ class DataError(MLError):
 
 class DeviceError(MLError):
     """The asked-for device or precision is not available here."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA OOM, or a runtime's own out-of-memory error told by its message
+    (ONNX Runtime: "Failed to allocate memory", CUDA: "out of memory")."""
+    torch = sys.modules.get("torch")   # never import torch just to classify an error
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "failed to allocate memory" in text
+
+
+def release_device_memory() -> None:
+    """Give cached CUDA memory back after an out-of-memory error (before a retry)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class ModelError(MLError):

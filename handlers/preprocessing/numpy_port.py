@@ -13,11 +13,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from atlas.handler import Context, Handler, Params, Result
+from atlas.paths import ProjectPath
 from handlers.ml.errors import failures_for_user_errors
 
 
 class CupyParams(Params):
-    modules: list[str] = Field(default_factory=lambda: ["data_processing_scripts"],
+    modules: list[ProjectPath] = Field(default_factory=lambda: ["data_processing_scripts"],
                                description="folders or .py files (inside the project) with the NumPy code to port")
     image_size: int = Field(1024, ge=16, description="side of the test image (chest X-rays are large)")
     batch_size: int = Field(256, ge=1, description="batch of the normalisation hot path")

@@ -12,12 +12,13 @@ from pathlib import Path
 from pydantic import Field
 
 from atlas.handler import Context, Handler, Params, Result
+from atlas.paths import ProjectPath, resolve_inside
 
 
 class ManualParams(Params):
     instructions: str = Field("", description="what the person has to do")
     checklist: list[str] = Field(default_factory=list, description="items to tick before `atlas done`")
-    evidence: list[str] = Field(default_factory=list,
+    evidence: list[ProjectPath] = Field(default_factory=list,
                                 description="files (relative to the project) that prove the work")
 
 
@@ -47,5 +48,5 @@ class Manual(Handler):
         ctx.write_text("checklist.md", "\n".join(lines) + "\n")
         for rel in params.evidence:
             dest = ctx.output(f"evidence/{Path(rel).name}")
-            shutil.copyfile(ctx.project_root / rel, dest)
+            shutil.copyfile(resolve_inside(ctx.project_root, rel), dest)    # checked again: links may change
         return Result.succeeded(f"{len(params.checklist)} checklist item(s), {len(params.evidence)} evidence file(s)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from atlas.charts import Chart, Series
@@ -12,7 +13,8 @@ from handlers.ml.curves import training_charts
 from handlers.ml.synthetic import synthetic_tag
 from handlers.training.ddp_params import DistributedParams
 from handlers.training.params import TrainParams
-from handlers.training.torchrun import env_markdown, launch, other_nodes_script, process_count, torchrun_command
+from handlers.training.torchrun import (env_markdown, launch, other_nodes_script, process_count, slurm_allocation,
+                                        srun_command, torchrun_command)
 
 CPU_SCALING_NOTE = ("CPU processes share one machine's cores and memory bandwidth, so this efficiency "
                     "says little about GPUs; each process got the same number of threads in both runs")
@@ -41,6 +43,16 @@ def run_distributed(handler: Handler, ctx: Context) -> Result:
         nproc, on_gpu = process_count(params)
     except RuntimeError as exc:
         return Result.failed(str(exc), "run `atlas env` to see why, or set device: auto")
+    try:
+        allocation = slurm_allocation(dict(os.environ))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return Result.failed(f"Slurm job of several nodes, but {exc}", "run the step again; see the Slurm log")
+    if allocation is not None:             # the nodes Slurm gave this job, rendezvous at the first
+        nodes, first = allocation
+        port = params.rdzv_endpoint.rpartition(":")[2] or "29400"
+        params = params.model_copy(update={"nnodes": nodes, "rdzv_endpoint": f"{first}:{port}", "node_rank": 0})
+        ctx.log.info("Slurm allocation of %d nodes: one torchrun per node through srun, rendezvous at %s",
+                     nodes, params.rdzv_endpoint)
     world = nproc * params.nnodes
     env = dict(os.environ)
     if not on_gpu:
@@ -54,10 +66,14 @@ def run_distributed(handler: Handler, ctx: Context) -> Result:
     commands = []
     for name, config, n, nodes in runs:
         path = ctx.write_json(f"ddp/{name}.config.json", config)
-        commands.append(torchrun_command(n, nodes, params.node_rank, params.rdzv_endpoint, config["rdzv_id"],
-                                         params.join_timeout_s, str(path)))
+        if allocation is not None and nodes > 1:
+            commands.append(srun_command(nodes, torchrun_command(n, nodes, None, params.rdzv_endpoint,
+                                                                 config["rdzv_id"], params.join_timeout_s, str(path))))
+        else:
+            commands.append(torchrun_command(n, nodes, params.node_rank, params.rdzv_endpoint, config["rdzv_id"],
+                                             params.join_timeout_s, str(path)))
     ctx.write_text("launch.md", env_markdown(params, nproc, commands))
-    if params.nnodes > 1:
+    if params.nnodes > 1 and allocation is None:
         shared = [(f"{name}.json", config) for name, config, _, nodes in runs if nodes > 1]
         script = ctx.write_text("launch_other_nodes.sh", other_nodes_script(params, nproc, shared, ctx.project_root),
                                 executable=True)

@@ -14,12 +14,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from atlas.handler import Context, Handler, Result
+from atlas.paths import ProjectPath
 from handlers.ml.errors import MLError
 from handlers.training.params import TrainParams
 
 
 class ScriptGpuParams(TrainParams):
-    scripts: str = Field("model_training_scripts", description="folder of the user's training scripts to audit")
+    scripts: ProjectPath = Field("model_training_scripts", description="folder of the user's training scripts to "
+                                                                      "audit (inside the project)")
     audit: bool = True
 
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from atlas.paths import WeightsChoice
+
 from atlas.handler import Params
 
 
@@ -18,12 +20,15 @@ GPU_MIN_STEPS = 300
 class TrainParams(Params):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = cuda when available, else cpu (with a finding)")
     arch: str | None = Field(None, description="torchvision architecture; default: the project's model.arch")
-    weights: str | None = Field(None, description="imagenet | auto | none | a .pth path; default: the project's model.weights")
+    weights: WeightsChoice | None = Field(None, description="imagenet | auto | none | a .pth path inside the "
+                                                            "project; default: the project's model.weights")
     freeze_until: str | None = Field(None, description="block to freeze up to (e.g. layer3), 'none' to train "
                                                        "everything; default: the project's model.freeze_until")
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1, description="global batch (split over the processes under DDP)")
     eval_batch_size: int = Field(64, ge=1)
+    oom_retry: bool = Field(False, description="after CUDA out of memory, train again once at half the batch "
+                                               "(one process; under DDP the step fails with the batch size)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"

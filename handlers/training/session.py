@@ -14,6 +14,7 @@ from torch import nn
 
 from handlers.ml.data import IMAGENET_MEAN, IMAGENET_STD, PreparedData, prepare_data
 from handlers.ml.device import Placement, place
+from handlers.ml.errors import TrainingError, is_out_of_memory, release_device_memory
 from handlers.ml.models import BuiltModel, build_model
 from handlers.ml.synthetic import SYNTHETIC_LABEL, synthetic_tag
 from handlers.ml.training import Dist, FitResult, Reporter, TrainConfig, fit
@@ -80,7 +81,42 @@ def run_training(params: TrainParams, project: dict, project_root: Path, checkpo
                  reporter: Reporter, dist: Dist | None = None, processes_per_node: int = 1,
                  wrap: Callable[[nn.Module], nn.Module] | None = None, synthetic_signal: bool = True,
                  data: PreparedData | None = None, placement: Placement | None = None) -> TrainingRun:
+    """Train once; CUDA out of memory fails with the batch size and what to do, or, with
+    `oom_retry` in one process, trains again once at half the batch."""
     dist = dist or Dist()
+    try:
+        return _train(params, project, project_root, checkpoint, reporter, dist, processes_per_node, wrap,
+                      synthetic_signal, data, placement)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        failed = params.batch_size
+        release_device_memory()
+        half = failed // 2
+        if not params.oom_retry or dist.world > 1 or half < 1:
+            raise TrainingError(
+                f"CUDA out of memory at batch size {failed}" + (f" ({dist.world} processes)" if
+                                                                 dist.world > 1 else ""),
+                f"lower batch_size (try {max(half, 1)}) or image_size, or set oom_retry: true to retry once at "
+                f"half the batch") from None
+    reporter.log.warning("CUDA out of memory at batch size %d: training again at %d (oom_retry)", failed, half)
+    try:
+        run = _train(params.model_copy(update={"batch_size": half}), project, project_root, checkpoint, reporter,
+                     dist, processes_per_node, wrap, synthetic_signal, data, placement)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        release_device_memory()
+        raise TrainingError(f"CUDA out of memory at batch size {failed}, and again at {half} (oom_retry)",
+                            f"lower batch_size below {half} or image_size") from None
+    run.findings.append(f"CUDA out of memory at batch size {failed}: trained at {half} instead (oom_retry); "
+                        f"set batch_size: {half} to start there")
+    return run
+
+
+def _train(params: TrainParams, project: dict, project_root: Path, checkpoint: Path, reporter: Reporter,
+           dist: Dist, processes_per_node: int, wrap, synthetic_signal: bool, data: PreparedData | None,
+           placement: Placement | None) -> TrainingRun:
     placement = placement or place(params.device, params.amp, params.channels_last, params.workers,
                                    dist.local_rank, processes_per_node)
     data = data or load_data(params, project, project_root, reporter, placement, synthetic_signal)

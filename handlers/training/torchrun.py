@@ -32,17 +32,41 @@ TORCHRUN_ENV = {
 POLL_S = 0.2
 
 
-def torchrun_command(nproc: int, nnodes: int, node_rank: int, rdzv_endpoint: str, rdzv_id: str,
+def torchrun_command(nproc: int, nnodes: int, node_rank: int | None, rdzv_endpoint: str, rdzv_id: str,
                      join_timeout_s: int, config: str, python: str = sys.executable) -> list[str]:
-    """The torchrun invocation: standalone on one node, c10d rendezvous across several."""
+    """The torchrun invocation: standalone on one node, c10d rendezvous across several
+    (node_rank None: the rendezvous numbers the nodes, as under srun)."""
     cmd = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if nnodes == 1:
         cmd.append("--standalone")
     else:
-        cmd += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}",
-                f"--rdzv-conf=join_timeout={join_timeout_s}"]
+        cmd += [f"--nnodes={nnodes}"] + ([f"--node-rank={node_rank}"] if node_rank is not None else []) + [
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id}",
+            f"--rdzv-conf=join_timeout={join_timeout_s}"]
     return cmd + ["--max-restarts=0", "-m", "handlers.training.ddp_worker", config]
+
+
+def slurm_allocation(env: dict[str, str]) -> tuple[int, str] | None:
+    """(nodes, first node's host name) when the step runs as a Slurm job of several
+    nodes (`slurm: {nodes: N}` under --executor slurm); None otherwise."""
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    if nodes < 2:
+        return None
+    done = subprocess.run(["scontrol", "show", "hostnames", env.get("SLURM_JOB_NODELIST", "")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    hosts = done.stdout.split()
+    if done.returncode != 0 or not hosts:
+        raise RuntimeError(f"cannot read the job's node list: {(done.stderr or done.stdout).strip()}")
+    return nodes, hosts[0]
+
+
+def srun_command(nodes: int, torchrun: list[str]) -> list[str]:
+    """One torchrun per node of the allocation, started by srun; they meet at the first
+    node's c10d rendezvous (the standard pattern: no hand-started launch script)."""
+    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+            "--export=ALL", *torchrun]
 
 
 def other_nodes_script(params: DistributedParams, nproc: int, configs: list[tuple[str, dict]],
@@ -70,7 +94,9 @@ def other_nodes_script(params: DistributedParams, nproc: int, configs: list[tupl
 def env_markdown(params: DistributedParams, nproc: int, commands: list[list[str]]) -> str:
     rows = "\n".join(f"| `{k}` | {v} |" for k, v in TORCHRUN_ENV.items())
     cmds = "\n".join(" ".join(shlex.quote(c) for c in cmd) for cmd in commands)
+    via_srun = any(cmd and cmd[0] == "srun" for cmd in commands)
     more = ("" if params.nnodes == 1 else
+            f"\nSlurm started one torchrun per node with srun; they met at {params.rdzv_endpoint}.\n" if via_srun else
             f"\nOn each other node (1..{params.nnodes - 1}): `bash launch_other_nodes.sh NODE_RANK` from the "
             f"project folder (set ATLAS_PROJECT_ROOT if it lives elsewhere). All nodes must reach "
             f"{params.rdzv_endpoint} and each other (NCCL: set NCCL_SOCKET_IFNAME to the right interface if "

@@ -7,7 +7,6 @@ recorded while the other sizes go on. Nothing a backend does wrong is dropped si
 """
 from __future__ import annotations
 
-import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from handlers.ml.errors import is_out_of_memory, release_device_memory
 from handlers.inference.perf.stats import latency_stats, throughput
 from handlers.inference.perf.timing import Clock, CudaEventTimer, Timer, WallTimer
 
@@ -212,22 +212,6 @@ def prepare(backend: Backend) -> None:
     backend.ready = True
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's CUDA OOM, or a runtime's own out-of-memory error told by its message
-    (ONNX Runtime: "Failed to allocate memory", CUDA: "out of memory")."""
-    torch = sys.modules.get("torch")   # never import torch just to classify an error
-    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text or "failed to allocate memory" in text
-
-
-def _release_device_memory() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
-
 def unsupported_batch(backend: Backend, batch: int) -> str | None:
     """Why `backend` cannot take this batch size, or None."""
     if backend.max_batch is not None and batch > backend.max_batch:
@@ -313,7 +297,7 @@ def _set_up(backend: Backend, result: BenchmarkResult) -> bool:
     except Exception as exc:   # any framework's error: record it, the other backends go on
         result.failures.append({"backend": backend.name, "batch": None, "h2d": None,
                                 "reason": f"setup failed: {_one_line(exc)}"})
-        _release_device_memory()
+        release_device_memory()
         return False
     result.setup_s[backend.name] = backend.setup_s
     return True
@@ -335,8 +319,9 @@ def _measure_size(backend: Backend, size: int, make_batch: Callable[[int], np.nd
         except Exception as exc:
             if out_of_memory(exc):
                 result.failures.append({"backend": backend.name, "batch": size, "h2d": h2d,
-                                        "reason": f"out of memory at batch {size}: {_one_line(exc)}"})
-                _release_device_memory()
+                                        "reason": f"out of memory at batch {size}: {_one_line(exc)} "
+                                                  f"(leave {size} out of batch_sizes)"})
+                release_device_memory()
                 return False     # a smaller or differently placed batch may still fit
             result.failures.append({"backend": backend.name, "batch": size, "h2d": h2d,
                                     "reason": f"{_one_line(exc)} (later batch sizes not run)"})

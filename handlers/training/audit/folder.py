@@ -46,16 +46,27 @@ def audit_source(source: str, relpath: str) -> tuple[list[Finding], str]:
 
 
 def _walk(folder: Path, pattern: str) -> list[Path]:
-    """Files under `folder`, sorted, outside hidden folders, caches and virtualenvs."""
+    """Files under `folder`, sorted, outside hidden folders, caches and virtualenvs; a
+    link that leads out of the folder is never read (see links_out)."""
     out = []
+    inside = folder.resolve()
     for path in sorted(folder.rglob(pattern)):
         parts = path.relative_to(folder).parts
         if not path.is_file() or any(p.startswith(".") or p in SKIP_DIRS for p in parts[:-1]):
+            continue
+        if not path.resolve().is_relative_to(inside):
             continue
         if any((folder.joinpath(*parts[:i]) / "pyvenv.cfg").exists() for i in range(1, len(parts))):
             continue
         out.append(path)
     return out
+
+
+def links_out(folder: Path) -> list[str]:
+    """Files under `folder` that a symlink takes outside it: skipped, and said."""
+    inside = folder.resolve()
+    return [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*"))
+            if p.is_symlink() and not p.resolve().is_relative_to(inside)]
 
 
 def script_files(folder: Path) -> list[Path]:
@@ -69,6 +80,7 @@ def audit_folder(folder: Path) -> AuditResult:
 
     folder = Path(folder)
     result = AuditResult(root=folder)
+    result.errors += [f"{rel}: a link out of {folder.name}/, not read" for rel in links_out(folder)]
     for path in script_files(folder):
         rel = path.relative_to(folder).as_posix()
         result.files.append(rel)
