@@ -64,3 +64,14 @@ def machine() -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": memory_gib(),
     }
+
+
+def parse_sizes(parser, text: str) -> list[int]:
+    """--sizes 100,1000: positive step counts, or a usage error through `parser`."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        parser.error("--sizes takes comma-separated integers, e.g. 100,1000")
+    if not sizes or min(sizes) < 1:
+        parser.error("--sizes needs positive step counts")
+    return sizes

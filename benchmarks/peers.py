@@ -505,12 +505,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=None,
                         help="working folder (default: a new temporary folder, removed at the end)")
     args = parser.parse_args(argv)
-    try:
-        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    except ValueError:
-        parser.error("--sizes takes comma-separated integers, e.g. 100,1000")
-    if not args.sizes or min(args.sizes) < 1:
-        parser.error("--sizes needs positive step counts")
+    args.sizes = machine.parse_sizes(parser, args.sizes)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     caps = {}

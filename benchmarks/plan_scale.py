@@ -320,12 +320,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for the JSON result (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.sizes:
-        try:
-            args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        except ValueError:
-            parser.error("--sizes takes comma-separated integers, e.g. 100,1000")
-        if not args.sizes or min(args.sizes) < 1:
-            parser.error("--sizes needs positive step counts")
+        args.sizes = machine.parse_sizes(parser, args.sizes)
     else:
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     return args
