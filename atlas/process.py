@@ -58,36 +58,50 @@ class ProcessTable:
                 terminate(proc)
 
 
+def _stat(pid: int | str) -> list[bytes]:
+    """/proc/PID/stat after the command name: [state, ppid, pgrp, ...] (field 3 onwards).
+    OSError when the process is gone or there is no procfs."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def _group_members(pgid: int) -> list[int] | None:
+    """Live (not zombie) processes of a process group; None without procfs."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                fields = _stat(entry)
+                if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                    found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
 def _group_running(proc: subprocess.Popen) -> bool:
     """Whether the step's process group still has a live member (zombies don't count)."""
     if proc.poll() is None:
         return True
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # no procfs: ask the kernel about the group as a whole
+    members = _group_members(proc.pid)
+    if members is None:  # no procfs: ask the kernel about the group as a whole
         try:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
             return False
         return True
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == proc.pid and fields[0] not in (b"Z", b"X"):
-                return True
-    return False
+    return bool(members)
 
 
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        return _stat(pid)[0] not in (b"Z", b"X")
     except FileNotFoundError:
         return False
     except OSError:                                  # no procfs: ask the kernel
@@ -104,8 +118,7 @@ def start_ticks(pid: int) -> int | None:
     """When the process started, in clock ticks after boot (/proc/PID/stat field 22):
     with the pid, it names one process for good, a pid reused later has another."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
+        return int(_stat(pid)[19])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -115,25 +128,10 @@ def leftover_pids(pgid: int, leader_started: int | None) -> list[int]:
     step's while its leader lives with the recorded start time; once the leader is gone,
     the kernel keeps the group's number from being reused while any member lives, so every
     member is the step's. A new process that reused the number is never touched."""
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
     leader = start_ticks(pgid)
     if leader is not None and leader_started is not None and leader != leader_started:
-        return found                                  # the number was reused: not ours
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+        return []                                     # the number was reused: not ours
+    return _group_members(pgid) or []
 
 
 def kill_leftovers(pgid: int, leader_started: int | None, wait_s: float = 5.0) -> int:
@@ -242,7 +240,6 @@ def run_step_process(spec: dict, spec_path: Path, *, cwd: Path, env: dict[str, s
     spec = dict(spec, events_fd=write_fd, lifeline_fd=life_read)
     spec_path.write_text(json.dumps(spec))
     sinks = StepSinks(on_event, on_log)
-    event_sink, log_sink = sinks.event, sinks.log
     try:
         proc = _start(spec_path, cwd, env, write_fd, life_read, starter)
     except BaseException:
@@ -253,8 +250,8 @@ def run_step_process(spec: dict, spec_path: Path, *, cwd: Path, env: dict[str, s
         os.close(life_read)
     table.add(proc)
     _guarded(on_start, proc.pid)
-    readers = [threading.Thread(target=_pump_lines, args=(proc.stdout, log_sink), daemon=True),
-               threading.Thread(target=_pump_lines, args=(os.fdopen(read_fd, "rb"), event_sink), daemon=True)]
+    readers = [threading.Thread(target=_pump_lines, args=(proc.stdout, sinks.log), daemon=True),
+               threading.Thread(target=_pump_lines, args=(os.fdopen(read_fd, "rb"), sinks.event), daemon=True)]
     for reader in readers:
         reader.start()
     timed_out = False

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from atlas.process import ProcessResult, ProcessTable, StepSinks
+from atlas.tail import FileTail
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
                    "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT", "GONE"})
@@ -69,18 +70,8 @@ class JobInfo:
     def final(self) -> bool:
         return self.state in FINAL
 
-    def queue_wait(self) -> float | None:
-        if self.submitted is None or self.started is None:
-            return None
-        return max(0.0, self.started - self.submitted)
-
-    def run_time(self) -> float | None:
-        if self.started is None or self.ended is None:
-            return None
-        return max(0.0, self.ended - self.started)
-
     def as_dict(self) -> dict:
-        return asdict(self) | {"queue_wait_s": self.queue_wait(), "run_s": self.run_time()}
+        return asdict(self)          # the store derives queue wait and run time from the times
 
 
 def _when(text: str) -> float | None:
@@ -122,7 +113,7 @@ class SlurmQueue:
         self.closed = False
 
     # -- submission and cancelling ---------------------------------------------------------
-    def submit(self, options: list[str], script: Path, env: dict[str, str], cwd: Path) -> JobInfo:
+    def submit(self, options: list[str], script: Path, env: dict[str, str]) -> JobInfo:
         done = _run(["sbatch", "--parsable", *options, str(script)], env=env)
         if done.returncode != 0:
             raise SlurmError(f"sbatch refused the job: {(done.stderr or done.stdout).strip()}",
@@ -144,9 +135,12 @@ class SlurmQueue:
         if job_ids:
             _run(["scancel", *job_ids])
 
-    def live(self) -> list[str]:
+    def check(self, job_id: str) -> JobInfo:
+        """What Slurm says of a job now (one query), without following it."""
         with self.lock:
-            return [j for j, info in self.jobs.items() if not info.final]
+            info = self.jobs.setdefault(job_id, JobInfo(job_id))
+        self.refresh([job_id])
+        return info
 
     def close(self) -> None:
         with self.lock:
@@ -259,29 +253,6 @@ def sbatch_options(task: str, resources, defaults, gpus: int | str, timeout: flo
     return options + list(defaults.extra_args) + list(resources.extra_args)
 
 
-class _Tail:
-    """The new complete lines of a file that another machine appends to."""
-
-    def __init__(self, path: Path, sink: Callable[[str], None]) -> None:
-        self.path, self.sink, self.offset, self.rest = path, sink, 0, b""
-
-    def read(self, final: bool = False) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        lines = (self.rest + data).split(b"\n")
-        self.rest = lines.pop()
-        if final and self.rest:
-            lines.append(self.rest)
-            self.rest = b""
-        for raw in lines:
-            self.sink(raw.decode("utf-8", "replace").rstrip("\r"))
-
-
 class SlurmJob:
     """A step's job in the run's process table: Ctrl-C cancels it with scancel."""
 
@@ -312,7 +283,7 @@ def run_step_job(spec: dict, job_dir: Path, *, options: list[str], cwd: Path, en
         files["script"].write_text(JOB_SCRIPT.format(python=sys.executable, task=spec["task"],
                                                      spec=json.dumps(str(files["spec"]))))
         try:
-            info = queue.submit(options, files["script"], env, cwd)
+            info = queue.submit(options, files["script"], env)
         except SlurmError as exc:          # refused: a failed attempt with Slurm's words, not a crash
             return ProcessResult({"status": "failed", "message": exc.message, "hint": exc.hint}, None)
     else:
@@ -320,7 +291,7 @@ def run_step_job(spec: dict, job_dir: Path, *, options: list[str], cwd: Path, en
     job = SlurmJob(queue, info)
     table.add(job)
     on_submit(info)
-    tails = [_Tail(files["log"], sinks.log), _Tail(files["events"], sinks.event)]
+    tails = [FileTail(files["log"], sinks.log), FileTail(files["events"], sinks.event)]
     # a backstop only: Slurm enforces --time itself (checking about every 30 s)
     deadline = time.monotonic() + timeout + 300 if timeout else None
     cancelled = timed_out = False

@@ -199,13 +199,12 @@ class StateStore:
         """Runs and step runs left 'running' by a runner that was killed (SIGKILL, power)."""
         with self._tx() as db:
             n = db.execute("UPDATE step_runs SET status = 'interrupted', reason = 'runner was killed', "
-                           "message = 'the runner died while this step ran; its partial outputs were removed', "
+                           "message = CASE WHEN id IN (SELECT step_run_id FROM step_jobs) "
+                           "THEN 'the runner died while this step''s batch job ran; the next run takes the job "
+                           "over when it is still wanted' "
+                           "ELSE 'the runner died while this step ran; its partial outputs were removed' END, "
                            "ended = COALESCE(ended, started), duration = COALESCE(duration, 0) "
                            "WHERE status = 'running'").rowcount
-            db.execute("UPDATE step_runs SET message = 'the runner died while this step''s batch job ran; the "
-                       "next run takes the job over when it is still wanted' WHERE reason = 'runner was killed' "
-                       "AND message LIKE 'the runner died while this step ran%' AND id IN "
-                       "(SELECT step_run_id FROM step_jobs)")
             db.execute("UPDATE runs SET status = 'interrupted', ended = COALESCE(ended, started) "
                        "WHERE status = 'running'")
             return n
@@ -224,15 +223,12 @@ class StateStore:
     def jobs_of(self, step_run_ids: list[int]) -> dict[int, dict]:
         """Batch jobs of many step runs, with queue wait and run time."""
         found: dict[int, dict] = {}
-        for start in range(0, len(step_run_ids), 500):
-            chunk = step_run_ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM step_jobs WHERE step_run_id IN ({marks})", chunk):
-                job = dict(row)
-                sub, beg, end = job["submitted"], job["started"], job["ended"]
-                job["queue_wait_s"] = max(0.0, beg - sub) if sub is not None and beg is not None else None
-                job["run_s"] = max(0.0, end - beg) if beg is not None and end is not None else None
-                found[job.pop("step_run_id")] = job
+        for row in self._rows_for("SELECT * FROM step_jobs WHERE step_run_id IN ({})", step_run_ids):
+            job = dict(row)
+            sub, beg, end = job["submitted"], job["started"], job["ended"]
+            job["queue_wait_s"] = max(0.0, beg - sub) if sub is not None and beg is not None else None
+            job["run_s"] = max(0.0, end - beg) if beg is not None and end is not None else None
+            found[job.pop("step_run_id")] = job
         return found
 
     def job_of(self, step_run_id: int) -> dict | None:
@@ -241,12 +237,6 @@ class StateStore:
     def job_ids_by_dir(self) -> dict[str, str]:
         rows = self.db.execute("SELECT job_dir, job_id FROM step_jobs WHERE job_dir IS NOT NULL").fetchall()
         return {r[0]: r[1] for r in rows}
-
-    def abandoned_jobs(self) -> list[dict]:
-        """Batch jobs of step runs a dead runner left 'running' (the jobs may still run)."""
-        rows = self.db.execute("SELECT j.*, s.task FROM step_jobs j JOIN step_runs s ON s.id = j.step_run_id "
-                               "WHERE s.status = 'running'").fetchall()
-        return [dict(r) for r in rows]
 
     def adoptable_job(self, task: str, fingerprint: str) -> dict | None:
         """The job of the task's latest step run, when a killed runner left it and it was
@@ -396,14 +386,17 @@ class StateStore:
     def artifacts_of(self, step_run_ids: list[int]) -> dict[int, list[dict]]:
         """Artifacts of many step runs in one query (planning thousands of steps)."""
         found: dict[int, list[dict]] = {i: [] for i in step_run_ids}
-        for start in range(0, len(step_run_ids), 500):      # SQLite's bound-parameter limit
-            chunk = step_run_ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT step_run_id, name, path, sha256, size FROM artifacts "
-                                       f"WHERE step_run_id IN ({marks}) ORDER BY name", chunk):
-                data = dict(row)
-                found[data.pop("step_run_id")].append(data)
+        for row in self._rows_for("SELECT step_run_id, name, path, sha256, size FROM artifacts "
+                                  "WHERE step_run_id IN ({}) ORDER BY name", step_run_ids):
+            data = dict(row)
+            found[data.pop("step_run_id")].append(data)
         return found
+
+    def _rows_for(self, sql: str, ids: list[int]) -> Iterator[sqlite3.Row]:
+        """Rows of `sql` (its `{}` the list of ids) in chunks below SQLite's bound-parameter limit."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            yield from self.db.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
     def record_figure(self, step_run_id: int, spec: dict) -> None:
         with self._tx() as db:

@@ -186,8 +186,7 @@ class StepRunner:
             output_dir = json.loads(files["spec"].read_text())["output_dir"]
         except (OSError, ValueError, KeyError):
             return None
-        info = self.slurm.watch(row["job_id"])
-        self.slurm.refresh([row["job_id"]])
+        info = self.slurm.check(row["job_id"])
         if info.final and not slurm.has_result(files["events"]):
             return None
         return row | {"output_dir": output_dir}

@@ -26,7 +26,6 @@ from atlas.planner import Plan, StepFacts, decide, plan
 from atlas.probe import Probe
 from atlas.process import ProcessTable
 from atlas.state import StateStore, StepRun
-from atlas.forkserver import ForkServer
 from atlas.steprun import GpuPool, StepRunner, base_env
 
 
@@ -228,26 +227,24 @@ def _batch_job_outputs(project: Project, store: StateStore) -> set[str]:
     if not root.is_dir():
         return keep
     job_ids = store.job_ids_by_dir()
-    queue = slurm.SlurmQueue() if slurm.missing() is None else None
-    try:
-        for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = slurm.job_files(job_dir)
+    queue = slurm.SlurmQueue() if slurm.missing() is None else None     # checks only, no watching
+    for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = slurm.job_files(job_dir)
+        try:
+            output = Path(json.loads(files["spec"].read_text())["output_dir"]).name
+        except (OSError, ValueError, KeyError):
+            slurm.remove_job_dir(job_dir)
+            continue
+        job_id = job_ids.get(str(job_dir))
+        if queue is not None and job_id is not None and not slurm.has_result(files["events"]):
             try:
-                output = Path(json.loads(files["spec"].read_text())["output_dir"]).name
-            except (OSError, ValueError, KeyError):
+                ended = queue.check(job_id).final
+            except slurm.SlurmError:          # the controller does not answer: keep it, to be safe
+                ended = False
+            if ended:
                 slurm.remove_job_dir(job_dir)
                 continue
-            job_id = job_ids.get(str(job_dir))
-            if queue is not None and job_id is not None and not slurm.has_result(files["events"]):
-                info = queue.watch(job_id)
-                queue.refresh([job_id])
-                if info.final:
-                    slurm.remove_job_dir(job_dir)
-                    continue
-            keep.add(output)
-    finally:
-        if queue is not None:
-            queue.close()
+        keep.add(output)
     return keep
 
 
@@ -308,7 +305,7 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
     run_id = store.start_run(targets, options.argv, __version__, probe.as_dict())
     table = ProcessTable()
     queue = _slurm_queue(project, options, display)
-    starter = ForkServer(base_env(), project.root) if forkserver.enabled() and queue is None else None
+    starter = forkserver.ForkServer(base_env(), project.root) if forkserver.enabled() and queue is None else None
     runner = StepRunner(project, store, run_id, display, facts, table,
                         GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1 and queue is None),
                         starter, queue)

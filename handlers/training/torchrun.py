@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from atlas.handler import Context
+from atlas.tail import FileTail
 from handlers.training.ddp_params import DistributedParams
 
 # What torchrun sets in every worker's environment (torch.distributed.run docs).
@@ -107,32 +108,24 @@ def env_markdown(params: DistributedParams, nproc: int, commands: list[list[str]
             f"## Environment torchrun sets in every process\n\n| variable | meaning |\n|---|---|\n{rows}\n")
 
 
-def _forward_events(ctx: Context, path: Path, offset: int) -> int:
-    """Replay rank 0's new JSON-line events as this step's own; returns the new offset."""
-    if not path.exists():
-        return offset
-    with open(path, "rb") as f:
-        f.seek(offset)
-        chunk = f.read()
-    end = chunk.rfind(b"\n") + 1           # only whole lines
-    for line in chunk[:end].splitlines():
-        event = json.loads(line)
-        if event["type"] == "metric":
-            ctx.metric(event["name"], event["value"] if event["value"] is not None else float("nan"),
-                       event.get("unit", ""), event.get("step"))
-        else:
-            ctx.emit({**event, "task": ctx.task_id})
-    return offset + end
+def _forward_event(ctx: Context, line: str) -> None:
+    """Replay one of rank 0's JSON-line events as this step's own."""
+    event = json.loads(line)
+    if event["type"] == "metric":
+        ctx.metric(event["name"], event["value"] if event["value"] is not None else float("nan"),
+                   event.get("unit", ""), event.get("step"))
+    else:
+        ctx.emit({**event, "task": ctx.task_id})
 
 
 def launch(ctx: Context, cmd: list[str], events: Path, env: dict) -> int:
     ctx.log.info("launching: %s", " ".join(shlex.quote(c) for c in cmd))
     proc = subprocess.Popen(cmd, cwd=ctx.project_root, env=env)
-    offset = 0
+    tail = FileTail(events, lambda line: _forward_event(ctx, line))      # whole lines only
     while proc.poll() is None:
-        offset = _forward_events(ctx, events, offset)
+        tail.read()
         time.sleep(POLL_S)
-    _forward_events(ctx, events, offset)
+    tail.read()
     return proc.returncode
 
 
