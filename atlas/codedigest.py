@@ -112,14 +112,19 @@ def _files_of(name: str) -> list[tuple[str, Path]]:
                   if f.is_file() and not _SKIP & set(f.parts) and f.suffix != ".pyc")
 
 
+def code_files(module_name: str, extra: tuple[str, ...] = ()) -> list[tuple[str, Path | None]]:
+    """(label, file) of everything code_digest reads; None for an extra that does not exist."""
+    files: list[tuple[str, Path | None]] = list(code_closure(module_name))
+    for name in sorted(extra):
+        files += _files_of(name) or [(name, None)]
+    return files
+
+
 @lru_cache(maxsize=None)
 def code_digest(module_name: str, extra: tuple[str, ...] = ()) -> str:
     """12 hex digits over the closure's files and the extra modules or folders."""
     h = hashlib.sha256()
-    files: list[tuple[str, Path | None]] = list(code_closure(module_name))
-    for name in sorted(extra):
-        files += _files_of(name) or [(name, None)]
-    for label, file in files:
+    for label, file in code_files(module_name, extra):
         h.update(label.encode() + b"\0")
         if file is None:
             h.update(b"missing\0")

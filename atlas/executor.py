@@ -7,14 +7,16 @@ approach), so tests drive it with plain functions on graphs of ints.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Hashable, Mapping
-
-import networkx as nx
+from typing import TYPE_CHECKING, Callable, Hashable, Mapping
 
 from atlas.graph import levels as graph_levels
 from atlas.planner import Decision
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    import networkx as nx
 
 
 @dataclass
@@ -82,6 +84,8 @@ def execute(graph: nx.DiGraph, decide: DecideFn, run_step: RunFn, *, jobs: int =
                 if decision is not None:
                     settle(node, run_step(node, decision), False)
             return outcomes
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait   # -j N only
+
         with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="atlas-step") as pool:
             running: dict[Future, Hashable] = {}
             try:

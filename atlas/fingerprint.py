@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atlas.codedigest import code_digest
-from atlas.handler import Handler
+if TYPE_CHECKING:
+    from atlas.handler import Handler
 
 
 def canonical(obj: Any) -> str:
@@ -34,17 +34,23 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def handler_version(handler: type[Handler]) -> str:
     """name@version:code-digest: editing the handler's module, a module of its package that
     it imports, or what it names in `code_modules`, re-runs its steps."""
+    from atlas.codedigest import code_digest
+
     return f"{handler.name}@{handler.version}:{code_digest(handler.__module__, tuple(handler.code_modules))}"
 
 
-def components(handler: type[Handler], params: dict, inputs: dict[str, str | None],
-               env: dict | None) -> dict:
-    return {"handler": handler_version(handler), "params": params, "inputs": dict(sorted(inputs.items())),
-            "env": env}
+def components(handler_version: str, params: dict, inputs: dict[str, str | None], env: dict | None) -> dict:
+    return {"handler": handler_version, "params": params, "inputs": dict(sorted(inputs.items())), "env": env}
 
 
 def fingerprint(comps: dict) -> str:
     return digest(comps)
+
+
+def fingerprint_and_text(comps: dict) -> tuple[str, str]:
+    """The fingerprint and the canonical JSON it digests (stored as is: one encoding)."""
+    text = canonical(comps)
+    return hashlib.sha256(text.encode()).hexdigest(), text
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:

@@ -1,12 +1,70 @@
-"""The dependency graph: edges run from a dependency to the task that needs it."""
+"""The dependency graph: edges run from a dependency to the task that needs it.
+
+networkx builds the graph, finds cycles and orders it. `Dag` keeps what it found (the
+topological generations and each task's dependencies) as plain data, so the project
+cache can hand it back and `atlas plan` need not import networkx when nothing changed.
+"""
 from __future__ import annotations
 
-from typing import Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Hashable, Iterable, Iterator, Mapping
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 
-def build_graph(depends_on: Mapping[Hashable, Iterable[Hashable]]) -> nx.DiGraph:
+class Dag:
+    """A graph as networkx ordered it: `levels` are its topological generations (each
+    sorted by name) and `preds` each node's dependencies. Read only."""
+
+    def __init__(self, levels: list[list[Hashable]], preds: Mapping[Hashable, list[Hashable]]) -> None:
+        self.levels = levels
+        self.preds = preds
+
+    @classmethod
+    def of(cls, graph: "nx.DiGraph") -> "Dag":
+        return cls(_nx_levels(graph), {node: sorted(graph.predecessors(node), key=str) for node in graph})
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return (node for level in self.levels for node in level)
+
+    def __len__(self) -> int:
+        return len(self.preds)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self.preds
+
+    @property
+    def nodes(self) -> list[Hashable]:
+        return list(self)
+
+    def predecessors(self, node: Hashable) -> Iterator[Hashable]:
+        return iter(self.preds[node])
+
+    @property
+    def edges(self) -> list[tuple[Hashable, Hashable]]:
+        return [(dep, node) for node in self for dep in self.preds[node]]
+
+    def copy(self) -> "Dag":
+        return self                      # read only: nothing to protect
+
+    def upstream(self, targets: Iterable[Hashable]) -> "Dag":
+        """The targets and everything they depend on. A node's generation is the length of
+        its longest chain of dependencies, and all of them are kept: the levels of the
+        part are the levels of the whole, filtered."""
+        keep: set[Hashable] = set()
+        todo = list(targets)
+        while todo:
+            node = todo.pop()
+            if node not in keep:
+                keep.add(node)
+                todo += self.preds[node]
+        levels = [[n for n in level if n in keep] for level in self.levels]
+        return Dag([level for level in levels if level], {n: self.preds[n] for n in keep})
+
+
+def build_graph(depends_on: Mapping[Hashable, Iterable[Hashable]]) -> "nx.DiGraph":
+    import networkx as nx
+
     graph = nx.DiGraph()
     graph.add_nodes_from(depends_on)
     for node, deps in depends_on.items():
@@ -14,8 +72,10 @@ def build_graph(depends_on: Mapping[Hashable, Iterable[Hashable]]) -> nx.DiGraph
     return graph
 
 
-def find_cycles(graph: nx.DiGraph) -> list[list[Hashable]]:
+def find_cycles(graph: "nx.DiGraph") -> list[list[Hashable]]:
     """One cycle per strongly connected component that has one (linear time overall)."""
+    import networkx as nx
+
     cycles: list[list[Hashable]] = []
     if nx.is_directed_acyclic_graph(graph):     # the usual case, one linear pass
         return cycles
@@ -32,8 +92,12 @@ def find_cycles(graph: nx.DiGraph) -> list[list[Hashable]]:
     return sorted(cycles, key=lambda c: str(c[0]))
 
 
-def upstream(graph: nx.DiGraph, targets: Iterable[Hashable]) -> nx.DiGraph:
+def upstream(graph: "nx.DiGraph | Dag", targets: Iterable[Hashable]) -> "nx.DiGraph | Dag":
     """The targets and everything they depend on."""
+    if isinstance(graph, Dag):
+        return graph.upstream(targets)
+    import networkx as nx
+
     nodes: set[Hashable] = set()
     for target in targets:
         nodes.add(target)
@@ -41,10 +105,18 @@ def upstream(graph: nx.DiGraph, targets: Iterable[Hashable]) -> nx.DiGraph:
     return graph.subgraph(nodes).copy()
 
 
-def levels(graph: nx.DiGraph) -> list[list[Hashable]]:
-    """Topological generations: every step in a level may run in parallel."""
+def _nx_levels(graph: "nx.DiGraph") -> list[list[Hashable]]:
+    import networkx as nx
+
     return [sorted(level, key=str) for level in nx.topological_generations(graph)]
 
 
-def order(graph: nx.DiGraph) -> list[Hashable]:
+def levels(graph: "nx.DiGraph | Dag") -> list[list[Hashable]]:
+    """Topological generations: every step in a level may run in parallel."""
+    if isinstance(graph, Dag):
+        return [list(level) for level in graph.levels]
+    return _nx_levels(graph)
+
+
+def order(graph: "nx.DiGraph | Dag") -> list[Hashable]:
     return [node for level in levels(graph) for node in level]

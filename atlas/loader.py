@@ -9,59 +9,21 @@ import difflib
 import gc
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 from pydantic import BaseModel, ValidationError
 
 from atlas import yamlpos
-from atlas.errors import InvalidManifests, ManifestProblem, ProjectNotFound
-from atlas.graph import build_graph, find_cycles
+from atlas.errors import InvalidManifests, ManifestProblem
+from atlas.fingerprint import handler_version
+from atlas.graph import Dag, build_graph, find_cycles
 from atlas.handler import Handler, Params
 from atlas.manifest import Manifest, ProjectDefaults
+from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo, find_root
 from atlas.registry import HandlerLoadError, Registry
 
-TASKS_DIR = "tasks"
-DEFAULTS_FILE = "project.yaml"
-
-
-@dataclass
-class Step:
-    manifest: Manifest
-    file: str                      # relative to the project root, e.g. tasks/AG-DS-X-001.yaml
-    handler: type[Handler]
-    params: Params
-
-    @property
-    def id(self) -> str:
-        return self.manifest.id
-
-    def requirements(self) -> list[str]:
-        return sorted(set(self.handler.requires) | set(self.manifest.requires))
-
-
-@dataclass
-class Project:
-    root: Path
-    defaults: ProjectDefaults
-    steps: dict[str, Step]
-    graph: nx.DiGraph
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / ".atlas"
-
-
-def find_root(start: Path) -> Path:
-    """The nearest folder at or above `start` that holds tasks/."""
-    start = start.resolve()
-    for folder in (start, *start.parents):
-        if (folder / TASKS_DIR).is_dir():
-            return folder
-    raise ProjectNotFound(f"no {TASKS_DIR}/ folder in {start} or any parent",
-                          "run atlas inside a project, or pass -C PROJECT_DIR")
+__all__ = ["DEFAULTS_FILE", "TASKS_DIR", "Project", "Step", "find_root", "load_project", "produces"]
 
 
 def _field_path(path: tuple) -> str:
@@ -195,7 +157,7 @@ def _read(path: Path, rel: str, out: _Collector) -> yamlpos.Located | None:
     return located
 
 
-def load_defaults(root: Path, out: _Collector) -> ProjectDefaults:
+def load_defaults(root: Path, out: _Collector, checked_paths: list | None = None) -> ProjectDefaults:
     path = root / TASKS_DIR / DEFAULTS_FILE
     if not path.exists():
         return ProjectDefaults(name=root.name)
@@ -204,30 +166,37 @@ def load_defaults(root: Path, out: _Collector) -> ProjectDefaults:
     if located is None:
         return ProjectDefaults(name=root.name)
     try:
-        return ProjectDefaults.model_validate(located.data, context={"project_root": root})
+        return ProjectDefaults.model_validate(located.data, context=_context(root, checked_paths))
     except ValidationError as exc:
         out.pydantic(rel, located, exc, model=ProjectDefaults)
         return ProjectDefaults(name=root.name)
 
 
-def load_project(root: Path, registry: Registry | None = None) -> Project:
-    """Load and validate tasks/; raise InvalidManifests listing every problem."""
+def _context(root: Path, checked_paths: list | None) -> dict:
+    # the root lets path params check where their links lead; each path found inside is
+    # noted in `checked_paths`, which the project cache looks at again before it trusts itself
+    return {"project_root": root, "checked_paths": checked_paths}
+
+
+def load_project(root: Path, registry: Registry | None = None, checked_paths: list | None = None) -> Project:
+    """Load and validate tasks/; raise InvalidManifests listing every problem.
+    `checked_paths` collects (path, where it resolved) of every path param checked."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
     # them form cycles that need collecting before we return.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_project(root, registry)
+        return _load_project(root, registry, checked_paths)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load_project(root: Path, registry: Registry | None) -> Project:
+def _load_project(root: Path, registry: Registry | None, checked_paths: list | None) -> Project:
     registry = registry if registry is not None else Registry()
     out = _Collector()
-    defaults = load_defaults(root, out)
+    defaults = load_defaults(root, out, checked_paths)
     manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
     files = sorted(p for p in (root / TASKS_DIR).iterdir()
@@ -253,7 +222,7 @@ def _load_project(root: Path, registry: Registry | None) -> Project:
             continue
         manifests[manifest.id] = (manifest, rel, located)
 
-    steps = _bind_handlers(manifests, registry, out, root)
+    steps = _bind_handlers(manifests, registry, out, root, checked_paths)
     _check_links(manifests, defaults, steps, out, unreadable)
     graph = build_graph({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
     for cycle in find_cycles(graph):
@@ -265,10 +234,21 @@ def _load_project(root: Path, registry: Registry | None) -> Project:
         out.add(rel, located.where(("depends_on", index)), f"dependency cycle: {chain}", ("depends_on", index))
     if out.problems:
         raise InvalidManifests(out.problems)
-    return Project(root, defaults, steps, graph)
+    return Project(root, defaults.model_dump(mode="json"), steps, Dag.of(graph), defaults=defaults)
 
 
-def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: Path) -> dict[str, Step]:
+def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> StepInfo:
+    requires = tuple(sorted(set(handler.requires) | set(manifest.requires)))
+    return StepInfo(handler=handler.name, handler_version=handler_version(handler), requires=requires,
+                    manual=bool(handler.manual), gpu=bool(handler.gpu_env or "cuda" in requires),
+                    params=params.model_dump(mode="json"),
+                    inputs={name: (spec.from_, spec.optional) for name, spec in manifest.input_specs().items()},
+                    watched=tuple(handler.watched_paths(params)), project_keys=tuple(handler.project_keys),
+                    title=manifest.title, title_en=manifest.title_en, wbs=manifest.wbs)
+
+
+def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: Path,
+                   checked_paths: list | None = None) -> dict[str, Step]:
     steps: dict[str, Step] = {}
     for tid, (manifest, rel, located) in manifests.items():
         if manifest.handler not in registry:
@@ -280,12 +260,12 @@ def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: P
         except HandlerLoadError as exc:
             out.add(rel, located.where(("handler",)), exc.message, ("handler",))
             continue
-        try:        # the root lets path params check where their links lead
-            params = handler.Params.model_validate(manifest.params, context={"project_root": root})
+        try:
+            params = handler.Params.model_validate(manifest.params, context=_context(root, checked_paths))
         except ValidationError as exc:
             out.pydantic(rel, located, exc, prefix=("params",), model=handler.Params)
             continue
-        steps[tid] = Step(manifest, rel, handler, params)
+        steps[tid] = Step(tid, rel, step_info(manifest, handler, params), loaded=(manifest, handler, params))
     return steps
 
 

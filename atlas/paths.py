@@ -49,12 +49,15 @@ def _inside_project(value: str, info: ValidationInfo) -> str:
     problem = lexical_problem(value)
     if problem:
         raise ValueError(problem)
-    root = (info.context or {}).get("project_root")
+    context = info.context or {}
+    root = context.get("project_root")
     if root is not None:                 # validating against a real project: follow its links
         try:
-            resolve_inside(Path(root), value)
+            target = resolve_inside(Path(root), value)
         except OutsideProject as exc:
             raise ValueError(f"{exc} (a link that leaves the project counts as outside)") from None
+        if context.get("checked_paths") is not None:     # the project cache checks them again
+            context["checked_paths"].append((value, str(target)))
     return value
 
 

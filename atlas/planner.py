@@ -8,13 +8,14 @@ about the rules. Nodes can be anything hashable: the tests plan graphs of ints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable, Literal, Mapping
-
-import networkx as nx
+from typing import TYPE_CHECKING, Hashable, Literal, Mapping
 
 from atlas.fingerprint import what_changed
 from atlas.graph import levels as graph_levels
 from atlas.probe import CAPABILITIES
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 Action = Literal["run", "up-to-date", "skip", "wait"]
 # outcomes an upstream step can have: planned actions, or what really happened
@@ -28,6 +29,11 @@ class StepFacts:
     requires: tuple[str, ...] = ()
     components: Mapping | None = None         # current fingerprint components
     last: Mapping | None = None               # components of the last success (None: never)
+    # their fingerprints, when known: equal ones settle "nothing changed" without
+    # comparing (or even decoding) the components
+    fingerprint: str | None = None
+    last_fingerprint: str | None = None
+    components_json: str | None = None        # `components` as canonical JSON, for the store
     last_status: str | None = None            # status of the most recent attempt
     manual: bool = False
     optional: frozenset = field(default_factory=frozenset)  # deps feeding only optional inputs
@@ -66,7 +72,7 @@ def decide(node: Hashable, facts: StepFacts, upstream: Mapping[Hashable, str],
             return Decision("skip", f"waiting for manual step {dep}", f"atlas done {dep} --note '...'")
         return Decision("skip", f"upstream {dep} {_past(outcome)}")
     if facts.manual:
-        if facts.last is not None and facts.components is not None and dict(facts.last) == dict(facts.components):
+        if facts.last is not None and facts.components is not None and _same(facts):
             return Decision("up-to-date", "marked done")
         why = "manual step" if facts.last is None else "manual step changed since marked done"
         return Decision("wait", why, f"atlas done {node} --note '...'")
@@ -77,10 +83,16 @@ def decide(node: Hashable, facts: StepFacts, upstream: Mapping[Hashable, str],
     for dep, outcome in sorted(upstream.items(), key=lambda kv: str(kv[0])):
         if outcome == "run":
             return Decision("run", f"upstream {dep} will run")
-    changed = what_changed(dict(facts.last), dict(facts.components or {}))
+    changed = None if _same(facts) else what_changed(dict(facts.last), dict(facts.components or {}))
     if changed:
         return Decision("run", changed)
     return Decision("up-to-date", "nothing changed")
+
+
+def _same(facts: StepFacts) -> bool:
+    if facts.fingerprint is not None and facts.fingerprint == facts.last_fingerprint:
+        return True
+    return dict(facts.last or {}) == dict(facts.components or {})
 
 
 def _past(outcome: str) -> str:

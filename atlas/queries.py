@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from atlas.errors import UsageError
-from atlas.loader import Project
+from atlas.project import Project
 from atlas.probe import CAPABILITIES, Probe
 from atlas.state import StateStore, StepRun
-from atlas.workflow import check_targets, open_store
+from atlas.facts import check_targets, open_store
 
 
 def _with_store(project: Project):
@@ -71,7 +71,7 @@ def status(project: Project) -> list[dict]:
         last = store.last_steps() if store else {}
         jobs = store.jobs_of([store.result_of(sr).id for sr in last.values()]) if store else {}
         return [_status_row(project, task, presented(store, last[task], jobs) if task in last else None)
-                for task in sorted(project.steps, key=lambda t: wbs_key(project.steps[t].manifest.wbs))]
+                for task in sorted(project.steps, key=lambda t: wbs_key(project.steps[t].info.wbs))]
     finally:
         if store:
             store.close()
@@ -82,9 +82,8 @@ def wbs_key(wbs: str) -> list[int]:
 
 
 def _status_row(project: Project, task: str, shown: dict | None) -> dict:
-    step = project.steps[task]
-    row = {"id": task, "wbs": step.manifest.wbs, "handler": step.handler.name, "title": step.manifest.title,
-           "title_en": step.manifest.title_en, "status": "never run", "reason": "", "message": "",
+    info = project.steps[task].info
+    row = {"id": task, "wbs": info.wbs, "handler": info.handler, "title": info.title, "title_en": info.title_en, "status": "never run", "reason": "", "message": "",
            "ended": None, "duration": None, "run": None, "checked": None, "result_run": None, "job": None}
     if shown:
         row.update({k: shown[k] for k in ("status", "reason", "message", "ended", "duration", "run", "checked",

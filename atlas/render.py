@@ -4,20 +4,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-import networkx as nx
+from typing import TYPE_CHECKING
 
-from atlas.loader import Project
-from atlas.planner import Plan
+if TYPE_CHECKING:
+    from atlas.graph import Dag
+    from atlas.planner import Plan
+    from atlas.project import Project
 
 ACTION_WORD = {"run": "run", "up-to-date": "up to date", "skip": "skip", "wait": "wait"}
 STATUS_COLOR = {"run": "#1f77b4", "up-to-date": "#2ca02c", "skip": "#7f7f7f", "wait": "#ff7f0e"}
 
 
-def plan_json(project: Project, graph: nx.DiGraph, plan: Plan) -> dict:
+def plan_json(project: Project, graph: Dag, plan: Plan) -> dict:
     return {
         "levels": plan.levels,
-        "steps": [{"id": t, "level": i, "handler": project.steps[t].handler.name,
-                   "title_en": project.steps[t].manifest.title_en, "wbs": project.steps[t].manifest.wbs,
+        "steps": [{"id": t, "level": i, "handler": project.steps[t].info.handler,
+                   "title_en": project.steps[t].info.title_en, "wbs": project.steps[t].info.wbs,
                    "depends_on": sorted(graph.predecessors(t)), "action": plan.decisions[t].action,
                    "reason": plan.decisions[t].reason, "hint": plan.decisions[t].hint}
                   for i, level in enumerate(plan.levels) for t in level],
@@ -25,7 +27,7 @@ def plan_json(project: Project, graph: nx.DiGraph, plan: Plan) -> dict:
     }
 
 
-def plan_text(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
+def plan_text(project: Project, graph: Dag, plan: Plan) -> str:
     n = sum(len(level) for level in plan.levels)
     counts = ", ".join(f"{plan.count(a)} {ACTION_WORD[a]}" for a in ACTION_WORD if plan.count(a))
     lines = [f"{n} step{'s' if n != 1 else ''} in {len(plan.levels)} level(s): {counts}"]
@@ -58,11 +60,11 @@ def mermaid_text(text: str) -> str:
     return text
 
 
-def plan_dot(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
+def plan_dot(project: Project, graph: Dag, plan: Plan) -> str:
     lines = ["digraph atlas {", "  rankdir=LR;", "  node [shape=box, style=\"rounded,filled\", fontname=Helvetica];"]
     for task in plan.order():
         d = plan.decisions[task]
-        label = "\\n".join(_dot(t) for t in (task, project.steps[task].manifest.title_en,
+        label = "\\n".join(_dot(t) for t in (task, project.steps[task].info.title_en,
                                                f"{ACTION_WORD[d.action]}: {d.reason}"))
         lines.append(f'  "{_dot(task)}" [label="{label}", fillcolor="{STATUS_COLOR[d.action]}", fontcolor=white];')
     for dep, task in sorted(graph.edges):
@@ -74,11 +76,11 @@ def _mermaid_id(task: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in task)
 
 
-def plan_mermaid(project: Project, graph: nx.DiGraph, plan: Plan) -> str:
+def plan_mermaid(project: Project, graph: Dag, plan: Plan) -> str:
     lines = ["flowchart LR"]
     for task in plan.order():
         d = plan.decisions[task]
-        parts = (task, project.steps[task].manifest.title_en, f"{ACTION_WORD[d.action]}: {d.reason}")
+        parts = (task, project.steps[task].info.title_en, f"{ACTION_WORD[d.action]}: {d.reason}")
         lines.append(f'  {_mermaid_id(task)}["{"<br/>".join(mermaid_text(p) for p in parts)}"]'
                      f':::{d.action.replace("-", "")}')
     for dep, task in sorted(graph.edges):

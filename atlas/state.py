@@ -9,9 +9,10 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -25,6 +26,9 @@ CREATE TABLE IF NOT EXISTS step_runs (
   duration REAL, attempts INTEGER DEFAULT 0, fingerprint TEXT, components TEXT,
   params TEXT, message TEXT, hint TEXT, findings TEXT, devices TEXT, note TEXT);
 CREATE INDEX IF NOT EXISTS step_runs_task ON step_runs(task, id);
+CREATE INDEX IF NOT EXISTS step_runs_success ON step_runs(task, id) WHERE status = 'succeeded';
+CREATE INDEX IF NOT EXISTS step_runs_running ON step_runs(id) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS step_runs_result ON step_runs(id) WHERE status != 'up-to-date';
 CREATE TABLE IF NOT EXISTS metrics (
   step_run_id INTEGER REFERENCES step_runs(id), name TEXT NOT NULL, value REAL,
   unit TEXT, step INTEGER, ts REAL);
@@ -67,20 +71,60 @@ class StepRun:
     duration: float | None
     attempts: int
     fingerprint: str | None
-    components: dict
-    params: dict
     message: str | None
     hint: str | None
-    findings: list
-    devices: list
     note: str | None
+    # components, params, findings and devices as stored (JSON text), decoded on first use:
+    # planning 2,000 up-to-date steps compares fingerprints and never needs them
+    stored_json: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "StepRun":
         data = dict(row)
-        for key, empty in (("components", {}), ("params", {}), ("findings", []), ("devices", [])):
-            data[key] = json.loads(data[key]) if data[key] else empty
-        return cls(**data)
+        stored = {key: data.pop(key) for key in _JSON_COLUMNS}
+        return cls(**data, stored_json=stored)
+
+    def _decoded(self, key: str, empty: dict | list) -> Any:
+        text = self.stored_json.get(key)
+        return json.loads(text) if text else empty
+
+    @cached_property
+    def components(self) -> dict:
+        return self._decoded("components", {})
+
+    @cached_property
+    def params(self) -> dict:
+        return self._decoded("params", {})
+
+    @cached_property
+    def findings(self) -> list:
+        return self._decoded("findings", [])
+
+    @cached_property
+    def devices(self) -> list:
+        return self._decoded("devices", [])
+
+
+_JSON_COLUMNS = ("components", "params", "findings", "devices")
+_BRIEF = ("s.id, s.run_id, s.task, s.handler, s.status, s.started, s.ended, s.duration, s.attempts, s.fingerprint, "
+          "s.components, NULL AS reason, NULL AS params, NULL AS message, NULL AS hint, NULL AS findings, "
+          "NULL AS devices, NULL AS note")
+
+
+class LazyComponents(Mapping):
+    """A step run's components, decoded the first time something reads them."""
+
+    def __init__(self, step_run: StepRun) -> None:
+        self._run = step_run
+
+    def __getitem__(self, key: str) -> Any:
+        return self._run.components[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._run.components)
+
+    def __len__(self) -> int:
+        return len(self._run.components)
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
@@ -123,6 +167,7 @@ class StateStore:
         self.path = path
         self.readonly = readonly
         self._lock = threading.RLock()
+        self._decided: list[tuple] = []       # record_step rows not yet written
         if readonly:
             self.db = _open_readonly(path)
         else:
@@ -137,7 +182,16 @@ class StateStore:
         self.db.execute("PRAGMA busy_timeout=30000")
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            if self._decided:
+                self.flush()
+        finally:
+            self.db.close()
+
+    def flush(self) -> None:
+        """Write the decisions record_step holds back."""
+        with self._tx():
+            pass                               # entering the transaction writes them
 
     # -- transactions ------------------------------------------------------
     class _Tx:
@@ -146,7 +200,12 @@ class StateStore:
 
         def __enter__(self) -> sqlite3.Connection:
             self.store._lock.acquire()
-            self.store.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.store.db.execute("BEGIN IMMEDIATE")
+                self.store._write_decided()
+            except BaseException:
+                self.store._lock.release()
+                raise
             return self.store.db
 
         def __exit__(self, exc_type, *rest) -> None:
@@ -285,18 +344,30 @@ class StateStore:
 
     def record_step(self, run_id: int | None, task: str, handler: str, status: str, *, reason: str = "",
                     message: str = "", fingerprint: str | None = None, components: dict | None = None,
-                    params: dict | None = None) -> int:
-        """A step run decided without running (up to date, skipped, waiting): one insert."""
+                    params: dict | None = None, components_json: str | None = None) -> None:
+        """A step run decided without running (up to date, skipped, waiting). The row is
+        written with the next transaction, in the order decided (or once 1,000 wait), so
+        2,000 up-to-date steps cost a few commits, not 2,000. A runner killed before
+        then loses only decisions, which the next run makes again."""
         assert status in FINAL, status
         now = time.time()
-        with self._tx() as db:
-            cur = db.execute(
+        row = (run_id, task, handler, status, reason, now, now, fingerprint,
+               components_json or json.dumps(components or {}, sort_keys=True),
+               json.dumps(params or {}, sort_keys=True), message)
+        with self._lock:
+            self._decided.append(row)
+            full = len(self._decided) >= 1000
+        if full:
+            self.flush()
+
+    def _write_decided(self) -> None:
+        # under the lock, inside a transaction
+        if self._decided:
+            self.db.executemany(
                 "INSERT INTO step_runs (run_id, task, handler, status, reason, started, ended, duration, "
                 "fingerprint, components, params, devices, message, hint, findings, attempts) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, '[]', ?, '', '[]', 0)",
-                (run_id, task, handler, status, reason, now, now, fingerprint,
-                 json.dumps(components or {}, sort_keys=True), json.dumps(params or {}, sort_keys=True), message))
-            return int(cur.lastrowid)
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, '[]', ?, '', '[]', 0)", self._decided)
+            self._decided.clear()
 
     def finish_step(self, step_run_id: int, status: str, *, message: str = "", hint: str = "",
                     findings: list | None = None, attempts: int = 0, note: str | None = None,
@@ -355,10 +426,29 @@ class StateStore:
                            "AND id < ? ORDER BY id DESC LIMIT 1", (step_run.task, step_run.fingerprint, step_run.id))
         return rows[0] if rows else step_run
 
-    def last_successes(self) -> dict[str, StepRun]:
-        rows = self._steps("SELECT s.* FROM step_runs s JOIN (SELECT task, MAX(id) AS id FROM step_runs "
-                           "WHERE status = 'succeeded' GROUP BY task) m ON s.id = m.id", ())
+    def last_successes(self, brief: bool = False) -> dict[str, StepRun]:
+        """The latest success of every task. `brief` (for planning) reads ids, status,
+        times, fingerprint and components only; params, message, findings and the other
+        texts are left empty."""
+        rows = self._steps(f"SELECT {_BRIEF if brief else 's.*'} FROM step_runs s JOIN (SELECT task, MAX(id) AS id "
+                           "FROM step_runs WHERE status = 'succeeded' GROUP BY task) m ON s.id = m.id", ())
         return {r.task: r for r in rows}
+
+    def latest_result_id(self) -> int:
+        """The newest step run that is not an up-to-date check (0: none)."""
+        row = self.db.execute("SELECT MAX(id) FROM step_runs WHERE status != 'up-to-date'").fetchone()
+        return int(row[0] or 0)
+
+    def last_statuses(self) -> dict[str, str]:
+        """The status of every task's latest step run. A skip scan of the (task, id) index:
+        two seeks per task, however many no-op runs the store has recorded (a GROUP BY
+        reads them all)."""
+        rows = self.db.execute(
+            "WITH RECURSIVE t(task) AS (SELECT MIN(task) FROM step_runs UNION ALL "
+            "SELECT (SELECT MIN(task) FROM step_runs WHERE task > t.task) FROM t WHERE t.task IS NOT NULL) "
+            "SELECT t.task, (SELECT s.status FROM step_runs s WHERE s.task = t.task ORDER BY s.id DESC LIMIT 1) "
+            "FROM t WHERE t.task IS NOT NULL").fetchall()
+        return {task: status for task, status in rows}
 
     def last_steps(self, as_of: int | None = None) -> dict[str, StepRun]:
         rows = self._steps("SELECT s.* FROM step_runs s JOIN (SELECT task, MAX(id) AS id FROM step_runs "

@@ -17,7 +17,7 @@ from atlas import artifacts, slurm
 from atlas.console import RunDisplay
 from atlas.executor import Outcome
 from atlas.fingerprint import fingerprint
-from atlas.loader import Project, Step
+from atlas.project import Project, Step
 from atlas.planner import Decision
 from atlas.forkserver import ForkServer
 from atlas.process import ProcessTable, run_step_process, start_ticks
@@ -118,7 +118,7 @@ class StepRunner:
         logs = _LogBuffer(self.store, sr, lambda line: self.display.log(step.id, line))
         spec = {"task": step.id, "handler_ref": f"{step.handler.__module__}:{step.handler.__qualname__}",
                 "params": comps["params"], "inputs": self._inputs(step), "output_dir": str(tmp),
-                "project_root": str(self.project.root), "project": self.project.defaults.model_dump(mode="json"),
+                "project_root": str(self.project.root), "project": self.project.settings,
                 "devices": devices if devices is not None else self._all_gpus()}
         started = time.monotonic()
         job_dir = None

@@ -6,155 +6,22 @@ RunDisplay it is given.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
-
-import networkx as nx
 
 from atlas import __version__, artifacts, forkserver
 from atlas.console import RunDisplay
 from atlas.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STRICT_SKIP, AtlasError, UsageError
 from atlas.executor import Interrupted, Outcome, execute
-from atlas.fingerprint import components, file_sha256, fingerprint
-from atlas.graph import upstream
-from atlas.loader import Project
+from atlas.facts import History, check_targets, open_store, step_facts, subgraph
+from atlas.fingerprint import fingerprint
 from atlas.lock import ProjectLock
-from atlas.planner import Plan, StepFacts, decide, plan
+from atlas.planner import StepFacts, decide
 from atlas.probe import Probe
 from atlas.process import ProcessTable
-from atlas.state import StateStore, StepRun
+from atlas.project import Project
+from atlas.state import StateStore
 from atlas.steprun import GpuPool, StepRunner, base_env
-
-
-def open_store(project: Project, readonly: bool = False) -> StateStore:
-    """The project's state store; read-only views (plan, status, reports) write nothing."""
-    return StateStore(project.state_dir / "state.db", readonly=readonly)
-
-
-def check_targets(project: Project, targets: Iterable[str]) -> list[str]:
-    targets = list(targets)
-    for target in targets:
-        if target not in project.steps:
-            import difflib
-
-            close = difflib.get_close_matches(target, list(project.steps), n=1)
-            hint = f"did you mean {close[0]}?" if close else "`atlas plan` lists the tasks"
-            raise UsageError(f"unknown task {target!r}", hint)
-    return targets
-
-
-def subgraph(project: Project, targets: list[str]) -> nx.DiGraph:
-    return upstream(project.graph, targets) if targets else project.graph.copy()
-
-
-def _path_digest(root: Path, rel: str) -> str:
-    path = root / rel
-    if path.is_file():
-        return file_sha256(path)
-    if path.is_dir():
-        return fingerprint([(name, sha) for name, sha, _ in artifacts.hash_folder(path)])
-    return "missing"
-
-
-def _listing_digest(path: Path) -> str:
-    """A dataset folder by its listing (name, size, mtime), not its bytes: thousands of
-    X-rays are not re-read at every plan, yet an added or replaced image is noticed."""
-    if path.is_file():
-        st = path.stat()
-        return fingerprint([path.name, st.st_size, st.st_mtime_ns])
-    if not path.is_dir():
-        return "missing"
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(filenames):
-            st = os.stat(os.path.join(dirpath, name))
-            entries.append((os.path.relpath(os.path.join(dirpath, name), path), st.st_size, st.st_mtime_ns))
-    return fingerprint(entries)
-
-
-def _project_inputs(project: Project, keys: tuple[str, ...]) -> dict[str, str]:
-    if not keys:
-        return {}
-    defaults = project.defaults.model_dump(mode="json")
-    found = {f"project:{key}": fingerprint(defaults.get(key)) for key in keys}
-    root = defaults.get("data", {}).get("root") if "data" in keys else None
-    if root:
-        found["data:" + root] = _listing_digest(project.root / root)
-    return found
-
-
-class History:
-    """Last success / last attempt of each task and their artifacts. A snapshot (for
-    `atlas plan`) reads everything in three queries; a live view (for `atlas run`, where
-    steps finish between decisions) asks the store each time."""
-
-    def __init__(self, store: StateStore, snapshot: bool) -> None:
-        self.store, self.snapshot = store, snapshot
-        self._successes = store.last_successes() if snapshot else None
-        self._lasts = store.last_steps() if snapshot else None
-        self._artifacts = store.artifacts_of([r.id for r in self._successes.values()]) if snapshot else None
-        self._lock = threading.Lock()          # -j N: steps finish on several threads
-
-    def refresh(self, task: str) -> None:
-        """Read one task's entries again (it has just run)."""
-        if not self.snapshot:
-            return
-        with self._lock:
-            last = self.store.last_success(task)
-            if last is None:
-                self._successes.pop(task, None)
-            else:
-                self._successes[task] = last
-                self._artifacts[last.id] = self.store.artifacts(last.id)
-            step = self.store.last_step(task)
-            if step is not None:
-                self._lasts[task] = step
-
-    def last_success(self, task: str) -> StepRun | None:
-        return self._successes.get(task) if self.snapshot else self.store.last_success(task)
-
-    def last_step(self, task: str) -> StepRun | None:
-        return self._lasts.get(task) if self.snapshot else self.store.last_step(task)
-
-    def artifacts(self, step_run_id: int) -> list[dict]:
-        return self._artifacts.get(step_run_id, []) if self.snapshot else self.store.artifacts(step_run_id)
-
-
-def step_facts(project: Project, history: History, probe: Probe, task: str) -> StepFacts:
-    """Gather what the planner needs about one step from the manifests and the store."""
-    step = project.steps[task]
-    inputs: dict[str, str | None] = {}
-    required, optional = set(), set()
-    for name, spec in step.manifest.inputs.items():
-        ref, is_optional = (spec, False) if isinstance(spec, str) else (spec.from_, spec.optional)
-        source, output = ref.split(":", 1)
-        (optional if is_optional else required).add(source)
-        last = history.last_success(source)
-        inputs[name] = artifacts.input_digest(history.artifacts(last.id), output) if last else None
-    for rel in step.handler.watched_paths(step.params):
-        inputs[f"file:{rel}"] = _path_digest(project.root, rel)
-    inputs.update(_project_inputs(project, step.handler.project_keys))
-    gpu = step.handler.gpu_env or "cuda" in step.requirements()
-    comps = components(step.handler, step.params.model_dump(mode="json"), inputs,
-                       probe.gpu_environment() if gpu else None)
-    last_success, last_any = history.last_success(task), history.last_step(task)
-    return StepFacts(requires=tuple(step.requirements()), components=comps,
-                     last=last_success.components if last_success else None,
-                     last_status=last_any.status if last_any else None, manual=step.handler.manual,
-                     optional=frozenset(optional - required))
-
-
-def make_plan(project: Project, store: StateStore, probe: Probe, targets: list[str],
-              force: Iterable[str] = (), force_all: bool = False) -> tuple[nx.DiGraph, Plan]:
-    graph = upstream(project.graph, targets) if targets else project.graph   # read only: no copy
-    forced = set(graph) if force_all else set(force)
-    history = History(store, snapshot=True)
-    facts = {task: step_facts(project, history, probe, task) for task in graph}
-    return graph, plan(graph, facts, probe.capabilities(), forced, probe.hints())
 
 
 @dataclass
@@ -177,6 +44,7 @@ class RunReport:
     outcomes: dict[str, Outcome]
     exit_code: int
     report_path: str | None = None
+    report_kept: bool = False          # nothing ran and no result changed: the last report holds
     report_problems: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -187,6 +55,7 @@ class RunReport:
 
     def as_dict(self) -> dict:
         return {"run": self.run_id, "exit_code": self.exit_code, "counts": self.counts(), "report": self.report_path,
+                "report_kept": self.report_kept,
                 "steps": {t: {"status": o.status, "reason": o.reason, "message": o.message}
                           for t, o in self.outcomes.items()}}
 
@@ -249,7 +118,7 @@ def _batch_job_outputs(project: Project, store: StateStore) -> set[str]:
 
 
 def executor_of(project: Project, options: RunOptions) -> str:
-    return options.executor or project.defaults.executor.kind
+    return options.executor or project.settings["executor"]["kind"]
 
 
 def _slurm_queue(project: Project, options: RunOptions, display: RunDisplay):
@@ -288,7 +157,9 @@ def run(project: Project, probe: Probe, options: RunOptions, display: RunDisplay
     if options.report and result.exit_code != EXIT_INTERRUPTED:
         from atlas.report import write_after_run
 
-        result.report_path, result.report_problems = write_after_run(project, probe, result.run_id)
+        nothing_ran = all(o.status == "up-to-date" for o in result.outcomes.values())
+        result.report_path, result.report_problems, result.report_kept = write_after_run(
+            project, probe, result.run_id, nothing_ran)
     return result
 
 
@@ -315,11 +186,12 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
         return decide(task, facts[task], upstream_outcomes, capabilities, task in forced, hints)
 
     def note(task: str, outcome: Outcome) -> None:
-        step = project.steps[task]
-        comps = facts.get(task).components if task in facts else None
-        store.record_step(run_id, task, step.handler.name, outcome.status, reason=outcome.reason,
-                          message=outcome.message, fingerprint=fingerprint(comps) if comps else None,
-                          components=comps, params=comps["params"] if comps else None)
+        known = facts.get(task)
+        comps = known.components if known else None
+        store.record_step(run_id, task, project.steps[task].info.handler, outcome.status, reason=outcome.reason,
+                          message=outcome.message, fingerprint=known.fingerprint if comps else None,
+                          components=comps, params=comps["params"] if comps else None,
+                          components_json=known.components_json if comps else None)
         hint = "atlas done {} --note '...'".format(task) if outcome.status == "waiting" else ""
         display.step_ended(task, outcome.status, outcome.reason, hint=hint)
 
@@ -363,7 +235,7 @@ def mark_done(project: Project, probe: Probe, task: str, note: str, wait_lock: b
             sr = store.start_step(None, task, step.handler.name, reason="marked done",
                                   fingerprint=fingerprint(comps), components=comps, params=comps["params"])
             tmp = artifacts.temp_dir(project.state_dir, task, sr)
-            ctx = Context(task, step.params, {}, tmp, project.root, project.defaults.model_dump(mode="json"))
+            ctx = Context(task, step.params, {}, tmp, project.root, project.settings)
             result = step.handler().run(ctx)
             if result.status == "succeeded":
                 ctx.write_text("note.txt", note.rstrip() + "\n")

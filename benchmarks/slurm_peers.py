@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (the noop handler, the wrapper, machine and version helpers)
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SNAKEMAKE = Path("/tmp/atlas-peers/snakemake/bin/snakemake")
+# its own environment: with the Slurm plugin installed, every snakemake call runs `scontrol show
+# config` (about 10 s where no controller answers), which benchmarks/peers.py must not pay
+DEFAULT_SNAKEMAKE = Path("/tmp/atlas-peers/snakemake-slurm/bin/snakemake")
 
 
 def deps(i: int, width: int) -> list[int]:
@@ -167,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="atlas-slurm-bench-", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(scratch / "pycache")       # bytecode cached, for both tools alike
-    (scratch / peers.HANDLER_MODULE).with_suffix(".py").write_text(peers.HANDLER_SOURCE)
-    (scratch / "atlas_cli.py").write_text(peers.WRAPPER_SOURCE)
+    peers.write_handler_dist(scratch)          # the `noop` handler as an entry point on PYTHONPATH
+    env["PYTHONPATH"] = str(scratch)
     sm_version = subprocess.run([str(args.snakemake), "--version"], capture_output=True, text=True).stdout.strip()
     plugin = subprocess.run([str(args.snakemake.parent / "pip"), "show", "snakemake-executor-plugin-slurm"],
                             capture_output=True, text=True).stdout
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             root = scratch / f"{tool}-{repeat}"
             if tool == "atlas":
                 targets = write_atlas(root, args.steps, args.width, args.atlas_poll)
-                cmd = [args.atlas_python, str(scratch / "atlas_cli.py"), "-C", str(root), "run", "--executor", "slurm",
+                cmd = [args.atlas_python, "-m", "atlas", "-C", str(root), "run", "--executor", "slurm",
                        "-j", str(args.jobs), *targets]
             else:
                 write_snakemake(root, args.steps, args.width)

@@ -91,7 +91,7 @@ def test_components_sorts_inputs_and_keeps_params():
     class H(Handler):
         name = "h"
 
-    c = fp.components(H, {"a": 1}, {"z": "1", "a": None}, None)
+    c = fp.components(fp.handler_version(H), {"a": 1}, {"z": "1", "a": None}, None)
     assert list(c) == ["handler", "params", "inputs", "env"]
     assert list(c["inputs"]) == ["a", "z"]
     assert c["params"] == {"a": 1} and c["env"] is None
@@ -155,9 +155,9 @@ def test_a_changed_handler_version_is_reported_as_handler_code_changed(temp_modu
     name, path = temp_module
     path.write_text(textwrap.dedent(HANDLER_SRC.format(version="1", message="a")))
     module = importlib.import_module(name)
-    old = fp.components(module.Probe, {}, {}, None)
+    old = fp.components(fp.handler_version(module.Probe), {}, {}, None)
     path.write_text(textwrap.dedent(HANDLER_SRC.format(version="1", message="changed")))
     codedigest.clear_cache()
-    new = fp.components(module.Probe, {}, {}, None)
+    new = fp.components(fp.handler_version(module.Probe), {}, {}, None)
     assert fp.fingerprint(old) != fp.fingerprint(new)
     assert fp.what_changed(old, new) == "handler code changed"

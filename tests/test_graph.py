@@ -105,3 +105,22 @@ def test_levels_put_a_node_after_its_longest_path():
 
 def test_levels_of_an_empty_graph():
     assert levels(nx.DiGraph()) == []
+
+
+def test_a_dag_keeps_what_networkx_found_and_cuts_upstream_the_same_way():
+    import random
+
+    from atlas.graph import Dag
+
+    rng = random.Random(7)
+    for _ in range(30):
+        n = rng.randint(1, 40)
+        deps = {i: [j for j in range(i) if rng.random() < 0.15] for i in range(n)}
+        graph = build_graph(deps)
+        dag = Dag.of(graph)
+        assert levels(dag) == levels(graph) and order(dag) == order(graph)
+        assert sorted(dag.edges) == sorted(graph.edges) and len(dag) == n and set(dag.nodes) == set(graph)
+        targets = rng.sample(range(n), rng.randint(1, min(3, n)))
+        cut, nx_cut = upstream(dag, targets), upstream(graph, targets)
+        assert levels(cut) == levels(nx_cut)
+        assert {v: sorted(cut.predecessors(v)) for v in cut} == {v: sorted(nx_cut.predecessors(v)) for v in nx_cut}

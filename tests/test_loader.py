@@ -158,7 +158,7 @@ def test_valid_project_with_hierarchy_and_yml_extension(tmp_path):
 
 def test_empty_tasks_folder_is_an_empty_project(tmp_path):
     project = load_project(make_project(tmp_path, {}), REGISTRY)
-    assert project.steps == {} and project.graph.number_of_nodes() == 0
+    assert project.steps == {} and len(project.graph) == 0
 
 
 # --- YAML-level problems -----------------------------------------------------------------

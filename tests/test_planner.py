@@ -237,3 +237,26 @@ def test_plan_does_not_touch_its_inputs():
     second = plan(graph, facts, ALL_CAPS)
     assert (set(graph.edges), dict(facts)) == before
     assert first.decisions == second.decisions
+
+
+class Undecodable(dict):
+    """Components that must not be read: equal fingerprints settle the decision."""
+
+    def __iter__(self):
+        raise AssertionError("components were compared although the fingerprints are equal")
+
+    keys = items = __iter__
+
+
+def test_equal_fingerprints_are_up_to_date_without_comparing_components():
+    facts = StepFacts(components=comps(), last=Undecodable(), last_status="succeeded",
+                      fingerprint="fp", last_fingerprint="fp")
+    assert decide(1, facts, {}, ALL_CAPS) == Decision("up-to-date", "nothing changed")
+
+
+def test_different_fingerprints_fall_back_to_the_components():
+    same = StepFacts(components=comps(), last=comps(), last_status="succeeded", fingerprint="a", last_fingerprint="b")
+    assert decide(1, same, {}, ALL_CAPS).action == "up-to-date"     # e.g. an older encoding of equal values
+    moved = StepFacts(components=comps(params={"lr": 0.2}), last=comps(), last_status="succeeded",
+                      fingerprint="a", last_fingerprint="b")
+    assert decide(1, moved, {}, ALL_CAPS).reason.startswith("params changed (lr 0.1 -> 0.2)")

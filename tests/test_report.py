@@ -65,6 +65,26 @@ def test_every_run_writes_the_html_report_and_names_it_last(tmp_path):
     assert "report:" not in quiet.stdout and not (root / ".atlas" / "report.html").exists()
 
 
+def test_a_run_where_nothing_ran_keeps_the_report_until_a_result_changes(tmp_path):
+    root = project(tmp_path)
+    page = root / ".atlas" / "report.html"
+    atlas(root, "run", B)
+    written = page.stat().st_mtime_ns
+    again = json.loads(atlas(root, "run", "--json", B).stdout)
+    assert again["report_kept"] and again["report"].endswith("report.html") and page.stat().st_mtime_ns == written
+    last = atlas(root, "run", B).stdout.splitlines()[-1]
+    assert last.endswith("report.html (unchanged: every step was up to date)")
+    # a new result (a forced run) writes it again; so does a report written by hand in between
+    assert not json.loads(atlas(root, "run", "--json", "-f", B).stdout)["report_kept"]
+    atlas(root, "report", "--lang", "tr")
+    assert not json.loads(atlas(root, "run", "--json", B).stdout)["report_kept"]
+    assert json.loads(atlas(root, "run", "--json", B).stdout)["report_kept"]
+    # a skipped or failed step is a result too: never kept
+    assert not json.loads(atlas(root, "run", "--json", "-k", S).stdout)["report_kept"]
+    page.unlink()
+    assert not json.loads(atlas(root, "run", "--json", B).stdout)["report_kept"] and page.is_file()
+
+
 def test_a_report_that_cannot_be_written_is_a_warning_not_a_failure(tmp_path):
     root = project(tmp_path)
     (root / ".atlas").mkdir()

@@ -243,3 +243,52 @@ def test_result_of_an_up_to_date_record_is_the_success_it_repeats(store):
     orphan = store.start_step(None, "U", "h", "up-to-date", fingerprint="nowhere")
     store.finish_step(orphan, "up-to-date")
     assert store.result_of(store.step_run(orphan)).id == orphan
+
+
+def test_decided_steps_are_written_with_the_next_transaction_in_the_order_decided(store, tmp_path):
+    run = store.start_run(["B"], [], "0")
+    store.record_step(run, "A", "h", "up-to-date", fingerprint="fa", components={"a": 1})
+    store.record_step(run, "B", "h", "skipped", reason="no CUDA device")
+    other = StateStore(tmp_path / ".atlas" / "state.db", readonly=True)
+    try:
+        assert other.steps_of_run(run) == []                     # held back: no commit per step
+        started = store.start_step(run, "C", "h")                # the next transaction writes them first
+        assert [s.task for s in other.steps_of_run(run)] == ["A", "B", "C"]
+        assert [s.id for s in other.steps_of_run(run)][-1] == started
+        assert other.last_step("A").components == {"a": 1} and other.last_step("B").reason == "no CUDA device"
+    finally:
+        other.close()
+
+
+def test_decided_steps_are_written_at_close_and_every_thousand(tmp_path):
+    path = tmp_path / ".atlas" / "state.db"
+    store = StateStore(path)
+    run = store.start_run(["T"], [], "0")
+    for i in range(1001):
+        store.record_step(run, f"T{i}", "h", "up-to-date")
+    reader = StateStore(path, readonly=True)
+    assert len(reader.steps_of_run(run)) == 1000
+    store.close()
+    assert len(reader.steps_of_run(run)) == 1001
+    reader.close()
+
+
+def test_brief_successes_and_statuses_for_planning(store):
+    sr = store.start_step(None, "T", "h", fingerprint="fp", components={"x": 1}, params={"p": 2})
+    store.finish_step(sr, "succeeded", message="long text")
+    failed = store.start_step(None, "T", "h")
+    store.finish_step(failed, "failed")
+    brief = store.last_successes(brief=True)["T"]
+    assert (brief.id, brief.fingerprint, brief.components) == (sr, "fp", {"x": 1})
+    assert brief.message is None and brief.params == {}          # left out on purpose
+    assert store.last_successes()["T"].message == "long text"
+    assert store.last_statuses() == {"T": "failed"}
+    assert store.latest_result_id() == failed
+
+
+def test_components_are_decoded_on_first_use_only(store):
+    sr = store.start_step(None, "T", "h", components={"x": 1})
+    store.finish_step(sr, "succeeded")
+    run = store.step_run(sr)
+    assert "components" not in run.__dict__ and run.stored_json["components"] == '{"x": 1}'
+    assert run.components == {"x": 1} and "components" in run.__dict__

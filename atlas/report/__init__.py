@@ -6,17 +6,24 @@ import json
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from atlas import __version__
 from atlas.atomic import write_atomically
 from atlas.errors import UsageError, storage_error
-from atlas.loader import Project
-from atlas.probe import Probe
-from atlas.report.data import build
-from atlas.report.pages import LANGUAGES, render
+
+if TYPE_CHECKING:
+    from atlas.probe import Probe
+    from atlas.project import Project
 
 FORMATS = ("html", "md", "json")
+STAMP = Path("cache") / "report-stamp.json"     # under .atlas/: what the last run's report showed
 
 
 def text_of(project: Project, probe: Probe, fmt: str = "html", lang: str = "en", run_id: int | None = None) -> str:
+    from atlas.report.data import build
+    from atlas.report.pages import LANGUAGES, render
+
     if fmt not in FORMATS:
         raise UsageError(f"unknown report format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     if lang not in LANGUAGES:
@@ -60,10 +67,53 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def write_after_run(project: Project, probe: Probe, run_id: int) -> tuple[str | None, list[str]]:
-    """The HTML report at the end of `atlas run`. A report that cannot be written never
-    changes the run's result: it becomes a warning naming the command that retries it."""
+def write_after_run(project: Project, probe: Probe, run_id: int,
+                    nothing_ran: bool = False) -> tuple[str | None, list[str], bool]:
+    """The HTML report at the end of `atlas run`: (path, problems, kept). A run in which
+    every step was up to date keeps the report of the run before it when no result has
+    changed since (`kept`): it would differ only in the run number and its history, and
+    on 2,000 steps it costs a second. A report that cannot be written never changes the
+    run's result: it becomes a warning naming the command that retries it."""
+    path = default_path(project, "html")
+    results = _latest_result(project)
+    if nothing_ran and results is not None and _stamp_of(project, path) == _stamp(path, results):
+        return shown_path(path), [], True
     try:
-        return write_report(project, probe, "html", "en", None, None), []
+        written = write_report(project, probe, "html", "en", None, None)
     except Exception as exc:  # noqa: BLE001 - the run's results are stored; the report is a view of them
-        return None, [f"report not written ({type(exc).__name__}: {exc}); `atlas report` writes it again"]
+        return None, [f"report not written ({type(exc).__name__}: {exc}); `atlas report` writes it again"], False
+    if results is not None:
+        try:
+            write_atomically(project.state_dir / STAMP, json.dumps(_stamp(path, results)))
+        except OSError:
+            pass                         # no stamp: the next up-to-date run writes the report again
+    return written, [], False
+
+
+def _latest_result(project: Project) -> int | None:
+    """The newest step run that is not an up-to-date check (a result, a skip, a failure)."""
+    from atlas.state import StateStore
+
+    try:
+        store = StateStore(project.state_dir / "state.db", readonly=True)
+        try:
+            return store.latest_result_id()
+        finally:
+            store.close()
+    except Exception:  # noqa: BLE001 - without it the report is simply written
+        return None
+
+
+def _stamp(path: Path, results: int) -> dict:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return {}
+    return {"atlas": __version__, "latest_result": results, "report": [info.st_mtime_ns, info.st_size]}
+
+
+def _stamp_of(project: Project, path: Path) -> dict | None:
+    try:
+        return json.loads((project.state_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return None

@@ -11,12 +11,12 @@ from atlas import __version__, charts
 from atlas.errors import UsageError
 from atlas.graph import levels
 from atlas.licenses import project_inventory
-from atlas.loader import Project
+from atlas.project import Project
 from atlas.manifest import WbsNode
 from atlas.probe import Probe
 from atlas.queries import job_text, last_values, presented, wbs_key
 from atlas.state import StateStore
-from atlas.workflow import open_store
+from atlas.facts import open_store
 
 LEVELS = ("Ana Görev", "Alt Görev", "Makro Görev", "Mikro Görev")
 DONE = ("succeeded",)          # an up-to-date step counts through the result it repeats
