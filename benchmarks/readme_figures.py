@@ -477,7 +477,7 @@ PEER_OPS = (("validate", "validate, first call", "`dvc stage list`; atlas parses
             ("validate_again", "validate again", "atlas reads its project cache"),
             ("plan_never_run", "plan, never run", "`-n` / `dvc status`"),
             ("run", "run every step", ""), ("plan_up_to_date", "plan, up to date", "`-n` / `dvc status`"),
-            ("noop_rerun", "no-op re-run", "`atlas run` with its report / `dvc repro`"),
+            ("noop_rerun", "no-op re-run", "`atlas run`, its report kept when nothing ran / `dvc repro`"),
             ("noop_rerun_no_report", "no-op re-run, atlas `--no-report`", "against the peers' no-op re-run"))
 
 
