@@ -188,7 +188,8 @@ def run(ctx: click.Context, targets: tuple[str, ...], dry_run: bool, **opts: Any
     """Run the TARGET tasks and everything upstream of them, skipping what is up to date.
 
     At the end it writes the HTML report of the run to .atlas/report.html (the last line
-    names it); `atlas status`, `show` and `history` read the same results."""
+    names it); a run in which every step was up to date keeps the last report when no
+    result changed since. `atlas status`, `show` and `history` read the same results."""
     if dry_run:
         ctx.invoke(plan, targets=targets, as_json=opts["as_json"], dot=False, mermaid=False, force=opts["force"],
                    force_all=opts["force_all"])
