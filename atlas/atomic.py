@@ -1,9 +1,11 @@
 """Files written under a temporary name beside them and renamed into place only when
-complete: a crash or a failed check never leaves half a file where a reader looks."""
+complete: a crash or a failed check never leaves half a file where a reader looks. And
+read back only when they are regular files (a FIFO put there would block the reader)."""
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -34,3 +36,16 @@ def write_atomically(path: Path, data: str | bytes | bytearray | memoryview, mod
         else:
             tmp.write_bytes(data)
     return Path(path)
+
+
+def read_regular(path: Path) -> bytes | None:
+    """The bytes of `path` when it is a regular file (links followed), else None. The open
+    does not block on a FIFO, and the check is made on the opened file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return file.read()

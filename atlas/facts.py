@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from atlas import artifacts
 from atlas.errors import UsageError
-from atlas.fingerprint import components, file_sha256, fingerprint, fingerprint_and_text
+from atlas.fingerprint import components, digest_and_text, file_sha256, fingerprint
 from atlas.graph import Dag, upstream
 from atlas.planner import Plan, StepFacts, plan
 from atlas.project import Project
@@ -136,7 +136,7 @@ def step_facts(project: Project, history: History, probe: Probe, task: str) -> S
     inputs.update(_project_inputs(project, info.project_keys))
     comps = components(info.handler_version, info.params, inputs, probe.gpu_environment() if info.gpu else None)
     last_success = history.last_success(task)
-    digest, text = fingerprint_and_text(comps)
+    digest, text = digest_and_text(comps)
     return StepFacts(requires=info.requires, components=comps, fingerprint=digest, components_json=text,
                      last=LazyComponents(last_success) if last_success else None,
                      last_fingerprint=last_success.fingerprint if last_success else None,
@@ -146,7 +146,7 @@ def step_facts(project: Project, history: History, probe: Probe, task: str) -> S
 
 def make_plan(project: Project, store: StateStore, probe: Probe, targets: list[str],
               force: Iterable[str] = (), force_all: bool = False) -> tuple[Dag, Plan]:
-    graph = upstream(project.graph, targets) if targets else project.graph   # read only: no copy
+    graph = subgraph(project, targets)
     forced = set(graph) if force_all else set(force)
     history = History(store, snapshot=True)
     facts = {task: step_facts(project, history, probe, task) for task in graph}

@@ -20,7 +20,13 @@ def canonical(obj: Any) -> str:
 
 
 def digest(obj: Any) -> str:
-    return hashlib.sha256(canonical(obj).encode()).hexdigest()
+    return digest_and_text(obj)[0]
+
+
+def digest_and_text(obj: Any) -> tuple[str, str]:
+    """The digest and the canonical JSON it is taken of (stored as is: one encoding)."""
+    text = canonical(obj)
+    return hashlib.sha256(text.encode()).hexdigest(), text
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -46,11 +52,6 @@ def components(handler_version: str, params: dict, inputs: dict[str, str | None]
 def fingerprint(comps: dict) -> str:
     return digest(comps)
 
-
-def fingerprint_and_text(comps: dict) -> tuple[str, str]:
-    """The fingerprint and the canonical JSON it digests (stored as is: one encoding)."""
-    text = canonical(comps)
-    return hashlib.sha256(text.encode()).hexdigest(), text
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:

@@ -8,22 +8,9 @@ from typing import Annotated, Iterable
 
 from pydantic import AfterValidator, ValidationInfo
 
+from atlas.resolve import OutsideProject, resolve_inside
 
-class OutsideProject(ValueError):
-    """A path that resolves outside every allowed root."""
-
-
-def resolve_inside(root: Path, value: str | Path, allowed: Iterable[Path] = ()) -> Path:
-    """`value` (relative to `root`, or absolute) resolved with its links; OutsideProject when
-    it leaves `root` and every path in `allowed`."""
-    root = Path(root).resolve()
-    path = Path(value).expanduser()
-    target = (path if path.is_absolute() else root / path).resolve()
-    roots = [root, *(Path(a).expanduser().resolve() for a in allowed)]
-    if not any(target == r or target.is_relative_to(r) for r in roots):
-        where = "the project" if len(roots) == 1 else "the project or " + ", ".join(str(r) for r in roots[1:])
-        raise OutsideProject(f"{value} resolves to {target}, outside {where}")
-    return target
+__all__ = ["OutsideProject", "ProjectPath", "WeightsChoice", "files_inside", "lexical_problem", "resolve_inside"]
 
 
 def lexical_problem(value: str) -> str | None:

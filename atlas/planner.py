@@ -83,16 +83,18 @@ def decide(node: Hashable, facts: StepFacts, upstream: Mapping[Hashable, str],
     for dep, outcome in sorted(upstream.items(), key=lambda kv: str(kv[0])):
         if outcome == "run":
             return Decision("run", f"upstream {dep} will run")
-    changed = None if _same(facts) else what_changed(dict(facts.last), dict(facts.components or {}))
+    changed = None if _same_fingerprint(facts) else what_changed(dict(facts.last), dict(facts.components or {}))
     if changed:
         return Decision("run", changed)
     return Decision("up-to-date", "nothing changed")
 
 
+def _same_fingerprint(facts: StepFacts) -> bool:
+    return facts.fingerprint is not None and facts.fingerprint == facts.last_fingerprint
+
+
 def _same(facts: StepFacts) -> bool:
-    if facts.fingerprint is not None and facts.fingerprint == facts.last_fingerprint:
-        return True
-    return dict(facts.last or {}) == dict(facts.components or {})
+    return _same_fingerprint(facts) or dict(facts.last or {}) == dict(facts.components or {})
 
 
 def _past(outcome: str) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from atlas import __version__
 from atlas.project import TASKS_DIR, Project, Step, StepInfo
+from atlas.resolve import resolved
 
 if TYPE_CHECKING:
     from atlas.registry import Registry
@@ -104,11 +105,6 @@ def _code_signatures(project: Project) -> dict[str, list[int] | None] | None:
     return {str(p): _signature(p) for p in sorted(files | folders)}
 
 
-def _resolved(root: Path, value: str) -> str:
-    path = Path(value).expanduser()
-    return str((path if path.is_absolute() else root.resolve() / path).resolve())
-
-
 def write(root: Path, project: Project, manifests: dict, checked_paths: list) -> None:
     """Keep a valid project; a cache that cannot be written is no error (a read-only
     project works without it)."""
@@ -133,8 +129,13 @@ def write(root: Path, project: Project, manifests: dict, checked_paths: list) ->
 
 def read(root: Path) -> Project | None:
     """The cached project when every signature still holds, else None."""
+    from atlas.atomic import read_regular
+
+    raw = read_regular(root / CACHE_FILE)       # none yet, or not a regular file
+    if raw is None:
+        return None
     try:
-        data = json.loads((root / CACHE_FILE).read_bytes())
+        data = json.loads(raw)
         if not _still_holds(root, data):
             return None
         return _project_of(root, data)
@@ -149,7 +150,7 @@ def _still_holds(root: Path, data: dict) -> bool:
         return False
     if any(_signature(path) != sig for path, sig in data["files"].items()):
         return False
-    return all(_resolved(root, value) == target for value, target in data["paths"])
+    return all(str(resolved(root, value)) == target for value, target in data["paths"])
 
 
 def _project_of(root: Path, data: dict) -> Project:

@@ -201,3 +201,12 @@ def test_a_step_of_a_cached_project_runs_after_its_full_load(tmp_path):
     assert os.stat(root / CACHE_FILE).st_ino == written.st_ino       # served from the cache
     again = subprocess.run([*atlas, "run", "--json", "AG-T-C-001"], capture_output=True, text=True)
     assert json.loads(again.stdout)["steps"]["AG-T-C-001"]["status"] == "up-to-date"
+
+
+def test_a_fifo_where_the_cache_goes_is_a_miss_not_a_hang(tmp_path):
+    root = project(tmp_path)
+    (root / CACHE_FILE).parent.mkdir(parents=True)
+    os.mkfifo(root / CACHE_FILE)
+    assert not from_cache(root)                        # returns at once: it is never read
+    assert (root / CACHE_FILE).is_file()               # the rename put a real cache in its place
+    assert from_cache(root)

@@ -232,3 +232,18 @@ def test_svg_ids_differ_between_figures_and_repeat_for_the_same_data():
     assert one == again and one.startswith("<svg")
     ids = lambda svg: set(re.findall(r'id="([^"]+)"', svg))   # noqa: E731
     assert ids(one) and not ids(one) & ids(other)
+
+
+def test_a_damaged_figure_cache_is_drawn_again_and_a_fifo_there_is_never_read(tmp_path):
+    import os
+
+    root = project(tmp_path)
+    run_all(root)
+    cache = root / ".atlas" / "cache" / "figures"
+    [svg] = cache.glob("*.svg")
+    first = report(root)
+    svg.write_bytes(b"\xff\xfe not UTF-8")
+    assert report(root) == first and svg.read_bytes().startswith(b"<")     # drawn again
+    svg.unlink()
+    os.mkfifo(svg)
+    assert report(root) == first and svg.is_file()     # never opened to read; replaced by the drawing

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atlas import __version__
-from atlas.atomic import write_atomically
+from atlas.atomic import read_regular, write_atomically
 from atlas.errors import UsageError, storage_error
 
 if TYPE_CHECKING:
@@ -92,10 +92,10 @@ def write_after_run(project: Project, probe: Probe, run_id: int,
 
 def _latest_result(project: Project) -> int | None:
     """The newest step run that is not an up-to-date check (a result, a skip, a failure)."""
-    from atlas.state import StateStore
+    from atlas.facts import open_store
 
     try:
-        store = StateStore(project.state_dir / "state.db", readonly=True)
+        store = open_store(project, readonly=True)
         try:
             return store.latest_result_id()
         finally:
@@ -113,7 +113,8 @@ def _stamp(path: Path, results: int) -> dict:
 
 
 def _stamp_of(project: Project, path: Path) -> dict | None:
+    raw = read_regular(project.state_dir / STAMP)
     try:
-        return json.loads((project.state_dir / STAMP).read_text())
-    except (OSError, ValueError):
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
         return None

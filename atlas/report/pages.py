@@ -13,7 +13,7 @@ import yaml
 from markupsafe import Markup
 
 from atlas import charts
-from atlas.atomic import write_atomically
+from atlas.atomic import read_regular, write_atomically
 from atlas.render import status_mermaid
 
 TEMPLATES = {"html": "report.html.j2", "md": "report.md.j2"}
@@ -89,11 +89,12 @@ class _SvgCache:
         key = hashlib.sha256(json.dumps([self.code, what], sort_keys=True, default=str).encode()).hexdigest()[:32]
         self.used.add(key)
         path = self.folder / f"{key}.svg" if self.folder is not None else None
-        if path is not None:
+        kept = read_regular(path) if path is not None else None     # a FIFO there is never opened to read
+        if kept is not None:
             try:
-                return path.read_text(encoding="utf-8")
-            except OSError:
-                pass
+                return kept.decode("utf-8")
+            except UnicodeDecodeError:
+                pass                         # damaged: drawn again
         svg = draw()
         if path is not None:
             try:
