@@ -67,6 +67,7 @@ def _project(ctx: click.Context):
         # is not rescanned on every collection (a tenth of `atlas plan` at 2,000 steps);
         # what is made later is collected as usual
         gc.freeze()
+        gc.enable()
     return project
 
 
@@ -325,4 +326,8 @@ def done(ctx: click.Context, task: str, note: str, wait_lock: bool, as_json: boo
 
 def run_cli() -> None:
     """The `atlas` command and `python -m atlas` (tests call `main` itself)."""
+    # Nothing made before the project is loaded (modules, the cache read back, thousands
+    # of steps) is garbage, and all of it lives to the end: the cyclic collector stays off
+    # until _project() has frozen it, instead of scanning it again and again as it grows.
+    gc.disable()
     main(obj={"freeze_gc": True}, prog_name="atlas")

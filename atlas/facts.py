@@ -92,6 +92,7 @@ class History:
         self._statuses = store.last_statuses() if snapshot else None
         self._artifacts = store.artifacts_of([r.id for r in self._successes.values()]) if snapshot else None
         self._lock = threading.Lock()          # -j N: steps finish on several threads
+        self._digests: dict[tuple[int, str], str | None] = {}
 
     def refresh(self, task: str) -> None:
         """Read one task's entries again (it has just run)."""
@@ -120,6 +121,15 @@ class History:
     def artifacts(self, step_run_id: int) -> list[dict]:
         return self._artifacts.get(step_run_id, []) if self.snapshot else self.store.artifacts(step_run_id)
 
+    def output_digest(self, step_run_id: int, output: str) -> str | None:
+        """The digest of one output of a step run, as its dependents see it. Outputs do not
+        change once recorded; each is worked out once, however many steps read it."""
+        key = (step_run_id, output)
+        found = self._digests.get(key, self)
+        if found is self:
+            found = self._digests[key] = artifacts.input_digest(self.artifacts(step_run_id), output)
+        return found
+
 
 def step_facts(project: Project, history: History, probe: Probe, task: str) -> StepFacts:
     """Gather what the planner needs about one step from the manifests and the store."""
@@ -130,7 +140,7 @@ def step_facts(project: Project, history: History, probe: Probe, task: str) -> S
         source, output = ref.split(":", 1)
         (optional if is_optional else required).add(source)
         last = history.last_success(source)
-        inputs[name] = artifacts.input_digest(history.artifacts(last.id), output) if last else None
+        inputs[name] = history.output_digest(last.id, output) if last else None
     for rel in info.watched:
         inputs[f"file:{rel}"] = _path_digest(project.root, rel)
     inputs.update(_project_inputs(project, info.project_keys))

@@ -233,7 +233,8 @@ def _child(sock: socket.socket, wake: tuple[int, int], request: dict, fds: list[
 
 
 def serve(fd: int) -> int:
-    import atlas.worker  # noqa: F401  (what every child needs, imported once)
+    import atlas.charts  # noqa: F401  (what every child needs, imported once; the
+    import atlas.worker  # noqa: F401   chart models for handlers that draw figures)
 
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()

@@ -10,7 +10,7 @@ import gc
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Set
 
 from pydantic import BaseModel, ValidationError
 
@@ -157,7 +157,7 @@ def _read(path: Path, rel: str, out: _Collector) -> yamlpos.Located | None:
     return located
 
 
-def load_defaults(root: Path, out: _Collector, checked_paths: list | None = None) -> ProjectDefaults:
+def load_defaults(root: Path, out: _Collector, checked_paths: dict | None = None) -> ProjectDefaults:
     path = root / TASKS_DIR / DEFAULTS_FILE
     if not path.exists():
         return ProjectDefaults(name=root.name)
@@ -166,21 +166,24 @@ def load_defaults(root: Path, out: _Collector, checked_paths: list | None = None
     if located is None:
         return ProjectDefaults(name=root.name)
     try:
-        return ProjectDefaults.model_validate(located.data, context=_context(root, checked_paths))
+        return ProjectDefaults.model_validate(located.data, context=_context(root, checked_paths, ""))
     except ValidationError as exc:
         out.pydantic(rel, located, exc, model=ProjectDefaults)
         return ProjectDefaults(name=root.name)
 
 
-def _context(root: Path, checked_paths: list | None) -> dict:
+def _context(root: Path, checked_paths: dict | None, task: str) -> dict:
     # the root lets path params check where their links lead; each path found inside is
-    # noted in `checked_paths`, which the project cache looks at again before it trusts itself
-    return {"project_root": root, "checked_paths": checked_paths}
+    # noted in `checked_paths[task]` ('' for the defaults), which the project cache looks at
+    # again before it trusts itself
+    found = checked_paths.setdefault(task, []) if checked_paths is not None else None
+    return {"project_root": root, "checked_paths": found}
 
 
-def load_project(root: Path, registry: Registry | None = None, checked_paths: list | None = None) -> Project:
+def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None) -> Project:
     """Load and validate tasks/; raise InvalidManifests listing every problem.
-    `checked_paths` collects (path, where it resolved) of every path param checked."""
+    `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
+    every path param checked."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
     # them form cycles that need collecting before we return.
@@ -193,7 +196,7 @@ def load_project(root: Path, registry: Registry | None = None, checked_paths: li
             gc.enable()
 
 
-def _load_project(root: Path, registry: Registry | None, checked_paths: list | None) -> Project:
+def _load_project(root: Path, registry: Registry | None, checked_paths: dict | None) -> Project:
     registry = registry if registry is not None else Registry()
     out = _Collector()
     defaults = load_defaults(root, out, checked_paths)
@@ -202,28 +205,13 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: list | N
     files = sorted(p for p in (root / TASKS_DIR).iterdir()
                    if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE)
     for path in files:
-        rel = f"{TASKS_DIR}/{path.name}"
-        located = _read(path, rel, out)
-        if located is None:
+        if not _read_manifest(path, manifests, out):
             unreadable.add(path.stem)
-            continue
-        try:
-            manifest = Manifest.model_validate(located.data)
-        except ValidationError as exc:
-            out.pydantic(rel, located, exc, model=Manifest)
-            unreadable.add(path.stem)
-            continue
-        if manifest.id != path.stem:
-            out.add(rel, located.where(("id",)),
-                    f"id {manifest.id!r} does not match the file name (expected {path.stem!r})", ("id",))
-        if manifest.id in manifests:
-            other = manifests[manifest.id][1]
-            out.add(rel, located.where(("id",)), f"duplicate ID {manifest.id!r}: also defined in {other}", ("id",))
-            continue
-        manifests[manifest.id] = (manifest, rel, located)
 
     steps = _bind_handlers(manifests, registry, out, root, checked_paths)
-    _check_links(manifests, defaults, steps, out, unreadable)
+    wbs = defaults.wbs_index()
+    for tid, (manifest, rel, located) in manifests.items():
+        _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
     graph = build_graph({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
     for cycle in find_cycles(graph):
         first = cycle[0]
@@ -234,7 +222,101 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: list | N
         out.add(rel, located.where(("depends_on", index)), f"dependency cycle: {chain}", ("depends_on", index))
     if out.problems:
         raise InvalidManifests(out.problems)
-    return Project(root, defaults.model_dump(mode="json"), steps, Dag.of(graph), defaults=defaults)
+    return Project(root, defaults.model_dump(mode="json"), steps, Dag.of(graph), defaults=defaults,
+                   parsed=len(files))
+
+
+def load_changed(root: Path, known: Project, changed: Set[str], registry: Registry,
+                 checked_paths: dict) -> Project | None:
+    """`known` (a valid project, as the cache holds it) with the manifests named in `changed`
+    (file names in tasks/: edited, added or removed since) read and checked again, and
+    everything they say about the others, and the others about them, checked again.
+
+    None when anything is wrong, or cannot be settled from what is at hand: the caller
+    then loads in full, which reports every problem at its place. `checked_paths` gets the
+    paths checked for the re-read steps. The others, and the defaults, are as they were:
+    the caller has seen their files unchanged."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_changed(root, known, changed, registry, checked_paths)
+    except HandlerLoadError:
+        return None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_changed(root: Path, known: Project, changed: Set[str], registry: Registry,
+                  checked_paths: dict) -> Project | None:
+    kept = {task: step for task, step in known.steps.items() if Path(step.file).name not in changed}
+    out = _Collector()
+    fresh: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
+    for name in sorted(changed):
+        path = root / TASKS_DIR / name
+        if not os.path.lexists(path):
+            continue                                  # removed
+        if not _read_manifest(path, fresh, out) or any(task in kept for task in fresh):
+            return None                               # invalid, or an id another file holds
+    steps = _bind_handlers(fresh, registry, out, root, checked_paths)
+    if out.problems:
+        return None
+    every = {**kept, **steps}
+
+    def handler_of(task: str) -> type[Handler] | None:
+        return steps[task].handler if task in steps else registry.load(kept[task].info.handler)
+
+    wbs = load_defaults(root, out).wbs_index() if fresh else {}
+    for tid, (manifest, rel, located) in fresh.items():
+        _check_links(tid, manifest, rel, located, every, wbs, handler_of, out)
+    if out.problems:
+        return None
+    for task, step in kept.items():                   # what the others say about the re-read ones
+        if any(dep not in every for dep in known.graph.preds[task]):
+            return None
+        for ref, _ in step.info.inputs.values():
+            source, output = ref.split(":", 1)
+            if source in steps and not produces(steps[source].handler, output):
+                return None
+    graph = known.graph
+    if set(every) != set(known.steps) or any(set(m.depends_on) != set(graph.preds[t])
+                                              for t, (m, _, _) in fresh.items()):
+        nx_graph = build_graph({t: graph.preds[t] for t in kept} | {t: m.depends_on for t, (m, _, _) in fresh.items()})
+        if find_cycles(nx_graph):
+            return None
+        graph = Dag.of(nx_graph)
+    project = Project(root, known.settings, {}, graph, load=known._load, parsed=len(fresh))
+    for step in every.values():
+        step._load = project.load_fully
+    project.steps = {step.id: step for step in sorted(every.values(), key=lambda step: step.file)}  # as loaded
+    return project
+
+
+def _read_manifest(path: Path, manifests: dict, out: _Collector) -> bool:
+    """Read and check one manifest into `manifests` (id -> (manifest, rel, located)).
+    False when it could not be read or validated (its problems are in `out`)."""
+    rel = f"{TASKS_DIR}/{path.name}"
+    located = _read(path, rel, out)
+    if located is None:
+        return False
+    try:
+        manifest = Manifest.model_validate(located.data)
+    except ValidationError as exc:
+        out.pydantic(rel, located, exc, model=Manifest)
+        return False
+    if manifest.id != path.stem:
+        out.add(rel, located.where(("id",)),
+                f"id {manifest.id!r} does not match the file name (expected {path.stem!r})", ("id",))
+    if manifest.id in manifests:
+        other = manifests[manifest.id][1]
+        out.add(rel, located.where(("id",)), f"duplicate ID {manifest.id!r}: also defined in {other}", ("id",))
+        return True
+    manifests[manifest.id] = (manifest, rel, located)
+    return True
+
+
+def _handler_in(steps: dict[str, Step]) -> Callable[[str], type[Handler] | None]:
+    return lambda task: steps[task].handler if task in steps else None
 
 
 def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> StepInfo:
@@ -248,7 +330,7 @@ def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> Ste
 
 
 def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: Path,
-                   checked_paths: list | None = None) -> dict[str, Step]:
+                   checked_paths: dict | None = None) -> dict[str, Step]:
     steps: dict[str, Step] = {}
     for tid, (manifest, rel, located) in manifests.items():
         if manifest.handler not in registry:
@@ -261,7 +343,7 @@ def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: P
             out.add(rel, located.where(("handler",)), exc.message, ("handler",))
             continue
         try:
-            params = handler.Params.model_validate(manifest.params, context=_context(root, checked_paths))
+            params = handler.Params.model_validate(manifest.params, context=_context(root, checked_paths, tid))
         except ValidationError as exc:
             out.pydantic(rel, located, exc, prefix=("params",), model=handler.Params)
             continue
@@ -279,35 +361,38 @@ def produces(handler: type[Handler], name: str) -> bool:
     return False
 
 
-def _check_links(manifests: dict, defaults: ProjectDefaults, steps: dict[str, Step], out: _Collector,
-                 unreadable: set[str] = frozenset()) -> None:
-    wbs = defaults.wbs_index()
-    for tid, (manifest, rel, located) in manifests.items():
-        for i, dep in enumerate(manifest.depends_on):
-            if dep not in manifests and dep not in unreadable:
-                hint = _suggest(dep, [other for other in manifests if other != tid])
-                out.add(rel, located.where(("depends_on", i)), f"unknown task {dep!r} in depends_on{hint}",
-                        ("depends_on", i))
-        node = wbs.get(manifest.wbs)
-        if wbs and node is None:
-            out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} is not in the project hierarchy "
-                    f"(tasks/{DEFAULTS_FILE})", ("wbs",))
-        elif node is not None and node.task and node.task != tid:
-            out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} belongs to {node.task} in the "
-                    f"project hierarchy (tasks/{DEFAULTS_FILE})", ("wbs",))
-        if tid in steps:
-            for name, usual in steps[tid].handler.required_inputs.items():
-                if name not in manifest.inputs:
-                    out.add(rel, located.where(("inputs",), key=True) if "inputs" in located.data
-                            else (1, 1), f"input {name!r} is required by handler {manifest.handler} (usually "
-                            f"{usual})", ("inputs", name))
-        for name, spec in manifest.input_specs().items():
-            source, output = spec.from_.split(":", 1)
-            pos, path = located.where(("inputs", name)), ("inputs", name)
-            if source not in manifest.depends_on:
-                out.add(rel, pos, f"input {name!r} comes from {source}, which is not in depends_on", path)
-            elif source in steps and not produces(steps[source].handler, output):
-                handler = steps[source].handler
-                made = ", ".join(handler.outputs) or "nothing"
-                out.add(rel, pos, f"input {name!r}: {source} ({handler.name}) produces no {output!r} "
-                        f"(it produces: {made})", path)
+def _check_links(tid: str, manifest: Manifest, rel: str, located: yamlpos.Located, known: Mapping[str, Any],
+                 wbs: dict, handler_of: Callable[[str], type[Handler] | None], out: _Collector,
+                 unreadable: Set[str] = frozenset()) -> None:
+    """What one manifest says about others: its dependencies exist (in `known`), its wbs is
+    in the hierarchy, its inputs come from a dependency that produces them."""
+    for i, dep in enumerate(manifest.depends_on):
+        if dep not in known and dep not in unreadable:
+            hint = _suggest(dep, [other for other in known if other != tid])
+            out.add(rel, located.where(("depends_on", i)), f"unknown task {dep!r} in depends_on{hint}",
+                    ("depends_on", i))
+    node = wbs.get(manifest.wbs)
+    if wbs and node is None:
+        out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} is not in the project hierarchy "
+                f"(tasks/{DEFAULTS_FILE})", ("wbs",))
+    elif node is not None and node.task and node.task != tid:
+        out.add(rel, located.where(("wbs",)), f"wbs {manifest.wbs!r} belongs to {node.task} in the "
+                f"project hierarchy (tasks/{DEFAULTS_FILE})", ("wbs",))
+    own = handler_of(tid)
+    if own is not None:
+        for name, usual in own.required_inputs.items():
+            if name not in manifest.inputs:
+                out.add(rel, located.where(("inputs",), key=True) if "inputs" in located.data
+                        else (1, 1), f"input {name!r} is required by handler {manifest.handler} (usually "
+                        f"{usual})", ("inputs", name))
+    for name, spec in manifest.input_specs().items():
+        source, output = spec.from_.split(":", 1)
+        pos, path = located.where(("inputs", name)), ("inputs", name)
+        if source not in manifest.depends_on:
+            out.add(rel, pos, f"input {name!r} comes from {source}, which is not in depends_on", path)
+            continue
+        handler = handler_of(source)
+        if handler is not None and not produces(handler, output):
+            made = ", ".join(handler.outputs) or "nothing"
+            out.add(rel, pos, f"input {name!r}: {source} ({handler.name}) produces no {output!r} "
+                    f"(it produces: {made})", path)

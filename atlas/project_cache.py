@@ -11,9 +11,13 @@ as make, ninja and DVC judge files):
 - the import path but its first entry (installing a package changes a folder on it,
   and with it the handlers that entry points name),
 - every path param: each is resolved again, links followed, and must lead where it led.
-Anything else, or any doubt (a missing or unreadable cache, another atlas version), is a
-miss: the full load runs, reports every problem as before, and rewrites the cache only
-for a valid project. Only projects whose handlers come from entry points are cached.
+When only manifests changed (edited, added, removed; not tasks/project.yaml), only those
+are read again, and checked with everything that links them to the others
+(atlas.loader.load_changed); networkx orders the graph again only if a dependency changed.
+Anything else, or any doubt (a missing or unreadable cache, another atlas version, a
+problem in a changed manifest), is a miss: the full load runs, reports every problem as
+before, and rewrites the cache only for a valid project. Only projects whose handlers
+come from entry points are cached.
 """
 from __future__ import annotations
 
@@ -25,13 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atlas import __version__
-from atlas.project import TASKS_DIR, Project, Step, StepInfo
+from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo
 from atlas.resolve import resolved
 
 if TYPE_CHECKING:
     from atlas.registry import Registry
 
-FORMAT = 1
+FORMAT = 2
 CACHE_FILE = Path(".atlas") / "cache" / "project.json"
 # A file changed less than this long ago is not trusted to a signature: a second change
 # within one tick of a coarse clock (2 s on FAT, 1 s on some network filesystems) could
@@ -41,23 +45,57 @@ _ATLAS_DIR = Path(__file__).resolve().parent
 
 
 def open_project(root: Path, registry: "Registry | None" = None) -> Project:
-    """The project at `root`: from the cache when nothing it depends on changed, else
-    loaded in full (InvalidManifests listing every problem), and then cached."""
+    """The project at `root`: from the cache when nothing it depends on changed; with only
+    the changed manifests read again when only manifests changed; else loaded in full
+    (InvalidManifests listing every problem). A valid result is cached."""
     if registry is None:
-        cached = read(root)
-        if cached is not None:
-            return cached
-    from atlas.loader import load_project
+        try:
+            listing = _tasks_listing(root)  # taken before reading: a later edit is a miss next time
+        except OSError:
+            listing = None                  # the full load says what it cannot read
+        data = _read(root) if listing is not None else None
+        if data is not None:
+            try:
+                project = _from_cache(root, data, listing)
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                project = None              # a cache of the right format, damaged: load in full
+            if project is not None:
+                return project
+    from atlas.loader import load_project   # only now: a hit imports neither YAML nor pydantic
 
-    if registry is not None:            # in-memory handler classes: nothing to key them on
+    if registry is not None or listing is None:     # in-memory handlers: nothing to key them on
         return load_project(root, registry)
-    try:
-        manifests = _tasks_listing(root)    # taken before reading: a later edit is a miss next time
-    except OSError:
-        return load_project(root)           # it says what it cannot read
-    checked_paths: list = []
+    checked_paths: dict = {}
     project = load_project(root, checked_paths=checked_paths)
-    write(root, project, manifests, checked_paths)
+    write(root, project, listing, checked_paths)
+    return project
+
+
+def _from_cache(root: Path, data: dict, listing: dict) -> Project | None:
+    changed = {name for name in listing.keys() | data["tasks"].keys() if listing.get(name) != data["tasks"].get(name)}
+    if not changed:
+        return _project_of(root, data) if _paths_hold(root, data["paths"].values()) else None
+    if DEFAULTS_FILE in changed:
+        return None                         # every manifest is checked against the defaults
+    return _reload(root, data, changed, listing)
+
+
+def _reload(root: Path, data: dict, changed: set[str], listing: dict) -> Project | None:
+    """The cached project with the changed manifests read again (atlas.loader.load_changed);
+    None when the full load must decide."""
+    from atlas.loader import load_changed
+    from atlas.registry import Registry
+
+    known = _project_of(root, data)
+    paths = data["paths"]
+    kept = [task for task, step in known.steps.items() if Path(step.file).name not in changed]
+    if not _paths_hold(root, [paths[""], *(paths[task] for task in kept)]):
+        return None
+    registry = Registry()
+    checked_paths = {"": paths[""], **{task: paths[task] for task in kept}}
+    project = load_changed(root, known, changed, registry, checked_paths)
+    if project is not None:
+        write(root, project, listing, checked_paths, registry)
     return project
 
 
@@ -84,19 +122,14 @@ def _import_path() -> list[list]:
     return [[p, _signature(p or ".")] for p in sys.path[1:]]
 
 
-def _code_signatures(project: Project) -> dict[str, list[int] | None] | None:
+def _code_signatures(handlers: set[type]) -> dict[str, list[int] | None] | None:
     """Signatures of the handlers' code files, their folders, and atlas's own modules;
     None when a handler names code that does not exist (its digest would change the day
     it appears, which no signature here would notice)."""
     from atlas.codedigest import code_files
 
     files: set[Path] = {p for p in _ATLAS_DIR.glob("*.py")}
-    seen: set[type] = set()
-    for step in project.steps.values():
-        handler = step.handler
-        if handler in seen:
-            continue
-        seen.add(handler)
+    for handler in handlers:
         for _, file in code_files(handler.__module__, tuple(handler.code_modules)):
             if file is None:
                 return None
@@ -105,30 +138,37 @@ def _code_signatures(project: Project) -> dict[str, list[int] | None] | None:
     return {str(p): _signature(p) for p in sorted(files | folders)}
 
 
-def write(root: Path, project: Project, manifests: dict, checked_paths: list) -> None:
+def write(root: Path, project: Project, listing: dict, checked_paths: dict,
+          registry: "Registry | None" = None) -> None:
     """Keep a valid project; a cache that cannot be written is no error (a read-only
-    project works without it)."""
+    project works without it). The handlers are the steps' own, or (for a project whose
+    steps are not all loaded) the registry's classes of their names."""
     from atlas.atomic import write_atomically
 
-    code = _code_signatures(project)
+    names = {step.info.handler for step in project.steps.values()}
+    handlers = ({registry.load(name) for name in names} if registry is not None
+                else {step.handler for step in project.steps.values()})
+    code = _code_signatures(handlers)
     if code is None:
         return
     recent = time.time_ns() - RACY_NS
-    if any(sig is not None and sig[0] > recent for sig in [*manifests.values(), *code.values()]):
+    if any(sig is not None and sig[0] > recent for sig in [*listing.values(), *code.values()]):
         return                           # written again by a later call, once the files have settled
     data = {"format": FORMAT, "atlas": __version__, "root": str(root), "import_path": _import_path(),
-            "tasks": manifests, "files": code, "paths": [list(p) for p in checked_paths],
+            "tasks": listing, "files": code,
+            "paths": {"": checked_paths.get("", []), **{task: checked_paths.get(task, []) for task in project.steps}},
             "settings": project.settings,
             "graph": {"levels": project.graph.levels, "preds": project.graph.preds},
-            "steps": {task: {"file": step.file, "info": step.info.as_data()} for task, step in project.steps.items()}}
+            "steps": {task: [step.file, *step.info.as_row()] for task, step in project.steps.items()}}
     try:
         write_atomically(root / CACHE_FILE, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     except OSError:
         pass
 
 
-def read(root: Path) -> Project | None:
-    """The cached project when every signature still holds, else None."""
+def _read(root: Path) -> dict | None:
+    """The cache when it was written for this root, atlas, import path and handler code;
+    its manifests and paths are for the caller to check."""
     from atlas.atomic import read_regular
 
     raw = read_regular(root / CACHE_FILE)       # none yet, or not a regular file
@@ -136,21 +176,25 @@ def read(root: Path) -> Project | None:
         return None
     try:
         data = json.loads(raw)
-        if not _still_holds(root, data):
+        if data.get("format") != FORMAT or data.get("atlas") != __version__ or data.get("root") != str(root):
             return None
-        return _project_of(root, data)
+        if data["import_path"] != _import_path():
+            return None
+        if any(_signature(path) != sig for path, sig in data["files"].items()):
+            return None
+        if not (isinstance(data["tasks"], dict) and isinstance(data["paths"], dict) and "" in data["paths"]):
+            return None
+        return data
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def _still_holds(root: Path, data: dict) -> bool:
-    if data.get("format") != FORMAT or data.get("atlas") != __version__ or data.get("root") != str(root):
+def _paths_hold(root: Path, groups) -> bool:
+    """Does every checked path param still resolve where it did?"""
+    try:
+        return all(str(resolved(root, value)) == target for group in groups for value, target in group)
+    except (OSError, ValueError, TypeError):
         return False
-    if data["import_path"] != _import_path() or data["tasks"] != _tasks_listing(root):
-        return False
-    if any(_signature(path) != sig for path, sig in data["files"].items()):
-        return False
-    return all(str(resolved(root, value)) == target for value, target in data["paths"])
 
 
 def _project_of(root: Path, data: dict) -> Project:
@@ -163,7 +207,6 @@ def _project_of(root: Path, data: dict) -> Project:
 
     project = Project(root, data["settings"], {}, Dag(data["graph"]["levels"], data["graph"]["preds"]),
                       load=load_fully)
-    project.steps = {task: Step(task, entry["file"], StepInfo.from_data(entry["info"]), load=project.load_fully)
-                     for task, entry in data["steps"].items()}
+    project.steps = {task: Step(task, row[0], StepInfo.from_row(row[1:]), load=project.load_fully)
+                     for task, row in data["steps"].items()}
     return project
-

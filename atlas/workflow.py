@@ -9,7 +9,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atlas import __version__, artifacts, forkserver
+import threading
+from typing import Callable
+
+from atlas import __version__, artifacts
 from atlas.console import RunDisplay
 from atlas.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STRICT_SKIP, AtlasError, UsageError
 from atlas.executor import Interrupted, Outcome, execute
@@ -18,10 +21,8 @@ from atlas.fingerprint import fingerprint
 from atlas.lock import ProjectLock
 from atlas.planner import StepFacts, decide
 from atlas.probe import Probe
-from atlas.process import ProcessTable
 from atlas.project import Project
 from atlas.state import StateStore
-from atlas.steprun import GpuPool, StepRunner, base_env
 
 
 @dataclass
@@ -163,6 +164,37 @@ def run(project: Project, probe: Probe, options: RunOptions, display: RunDisplay
     return result
 
 
+class _StepStarter:
+    """Runs a step. The process table, the fork server and the step runner are made when
+    the first step really runs: a run in which every step is up to date imports none of
+    that machinery (processes, sockets, logging)."""
+
+    def __init__(self, make: Callable[[], tuple]) -> None:
+        self._make = make
+        self._lock = threading.RLock()       # -j N: the first steps may start on several threads
+        self._cancelled = False
+        self.table = self.starter = self.runner = None
+
+    def __call__(self, task: str, decision: object) -> Outcome:
+        with self._lock:
+            if self.runner is None:
+                self.table, self.starter, self.runner = self._make()
+                if self._cancelled:
+                    self.table.cancel_all()
+        return self.runner(task, decision)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            table = self.table
+        if table is not None:
+            table.cancel_all()
+
+    def close(self) -> None:
+        if self.starter is not None:
+            self.starter.close()
+
+
 def _execute(project: Project, store: StateStore, probe: Probe, options: RunOptions, targets: list[str],
              display: RunDisplay) -> RunReport:
     graph = subgraph(project, targets)
@@ -174,12 +206,20 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
     # costs three queries, not three per step
     live = History(store, snapshot=True)
     run_id = store.start_run(targets, options.argv, __version__, probe.as_dict())
-    table = ProcessTable()
     queue = _slurm_queue(project, options, display)
-    starter = forkserver.ForkServer(base_env(), project.root) if forkserver.enabled() and queue is None else None
-    runner = StepRunner(project, store, run_id, display, facts, table,
-                        GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1 and queue is None),
-                        starter, queue)
+
+    def machinery() -> tuple:
+        from atlas import forkserver
+        from atlas.process import ProcessTable
+        from atlas.steprun import GpuPool, StepRunner, base_env
+
+        table = ProcessTable()
+        starter = forkserver.ForkServer(base_env(), project.root) if forkserver.enabled() and queue is None else None
+        return table, starter, StepRunner(
+            project, store, run_id, display, facts, table,
+            GpuPool([g.index for g in probe.gpus], assign=options.jobs > 1 and queue is None), starter, queue)
+
+    runner = _StepStarter(machinery)
 
     def decide_now(task: str, upstream_outcomes: dict) -> object:
         facts[task] = step_facts(project, live, probe, task)
@@ -203,13 +243,12 @@ def _execute(project: Project, store: StateStore, probe: Probe, options: RunOpti
 
     try:
         outcomes = execute(graph, decide_now, run_step, jobs=options.jobs, keep_going=options.keep_going,
-                           note=note, cancel=table.cancel_all)
+                           note=note, cancel=runner.cancel_all)
     except Interrupted as stop:
         store.end_run(run_id, "interrupted")
         return RunReport(run_id, stop.outcomes, EXIT_INTERRUPTED)
     finally:
-        if starter is not None:
-            starter.close()
+        runner.close()
         if queue is not None:
             queue.close()
     code = exit_code_for(outcomes, options.strict)

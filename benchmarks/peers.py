@@ -7,9 +7,9 @@ numbers are the tools' own overhead: parsing, planning, starting steps, bookkeep
 
   atlas      tasks/project.yaml + one manifest per step (tasks/AG-BM-S<i:05d>-001.yaml), all of
              handler `noop`: a do-nothing handler in a module written next to the projects and
-             handed to the CLI by a wrapper script through `main(obj={"registry": ...})` (the
-             benchmark leaves pyproject.toml alone). Each step runs in its own worker process
-             (`python -m atlas.worker`), as every atlas step does.
+             registered as any plugin is, by an `atlas.handlers` entry point in a dist-info
+             folder on PYTHONPATH, so the real `atlas` command runs (the benchmark leaves
+             pyproject.toml alone). Each step runs in its own process, as every atlas step does.
   snakemake  one Snakefile with a generic `rule step` (input from a function of the wildcard)
              and `rule all`; `shell:` runs each step through its own shell (--cores 2).
   dvc        `dvc init --no-scm` and a dvc.yaml with one stage per step (cmd, deps, outs);
@@ -23,10 +23,13 @@ Operations, each the wall time of the whole CLI call (output to /dev/null), inte
 (every repeat runs atlas, snakemake and dvc in turn for each operation), medians of --repeats:
 
   validate          atlas validate        | (none: n/a)                 | dvc stage list
+    (first call, then again; atlas's first call parses everything and writes its cache)
   plan (never run)  atlas plan --json     | snakemake -n --cores 2      | dvc status
   run (all steps)   atlas run LAST        | snakemake --cores 2         | dvc repro
   plan (up to date) atlas plan --json     | snakemake -n --cores 2      | dvc status
   no-op re-run      atlas run LAST        | snakemake --cores 2         | dvc repro
+  validate after an edit: the file that declares step n//2 (its manifest; dvc.yaml) gets a
+    comment line appended just before the call (last, so no other operation sees the edit)
 
 Each repeat works on fresh copies of the generated folders, so its real run starts with
 nothing run. Real runs (and the two up-to-date operations after them) are skipped above
@@ -83,11 +86,12 @@ TOOLS = ("atlas", "snakemake", "dvc")
 # validate runs twice on a fresh copy: the first atlas call parses every manifest and writes
 # its project cache (.atlas/cache/project.json), the second and every later call reads it
 OPERATIONS = ("validate", "validate_again", "plan_never_run", "run", "plan_up_to_date", "noop_rerun",
-              "noop_rerun_no_report")
+              "noop_rerun_no_report", "validate_after_edit")
 OP_LABELS = {"validate": "validate (first call)", "validate_again": "validate (again)",
              "plan_never_run": "plan (never run)", "run": "run (all steps)",
              "plan_up_to_date": "plan (up to date)", "noop_rerun": "no-op re-run",
-             "noop_rerun_no_report": "no-op re-run, atlas --no-report"}
+             "noop_rerun_no_report": "no-op re-run, atlas --no-report",
+             "validate_after_edit": "validate (one manifest edited)"}
 AFTER_RUN = ("plan_up_to_date", "noop_rerun", "noop_rerun_no_report")
 WARMUP_SIZE = 5
 
@@ -316,7 +320,8 @@ def tool_commands(name: str, exe: list[str], n: int,
                   atlas_run_flags: tuple[str, ...] = ()) -> dict[str, list[str] | None]:
     if name == "atlas":
         plan, run = [*exe, "plan", "--json"], [*exe, "run", *atlas_run_flags, task_id(n - 1)]
-        return {"validate": [*exe, "validate"], "validate_again": [*exe, "validate"], "plan_never_run": plan,
+        return {"validate": [*exe, "validate"], "validate_again": [*exe, "validate"],
+                "validate_after_edit": [*exe, "validate"], "plan_never_run": plan,
                 "run": run,
                 "plan_up_to_date": plan, "noop_rerun": run,
                 # the same re-run without the HTML report atlas writes after every run (the
@@ -324,10 +329,12 @@ def tool_commands(name: str, exe: list[str], n: int,
                 "noop_rerun_no_report": [*exe, "run", "--no-report", *atlas_run_flags, task_id(n - 1)]}
     if name == "snakemake":
         plan, run = [*exe, "-n", "--cores", "2"], [*exe, "--cores", "2"]
-        return {"validate": None, "validate_again": None, "plan_never_run": plan, "run": run,
+        return {"validate": None, "validate_again": None, "validate_after_edit": None, "plan_never_run": plan,
+                "run": run,
                 "plan_up_to_date": plan, "noop_rerun": run, "noop_rerun_no_report": None}
     plan, run = [*exe, "status"], [*exe, "repro"]
-    return {"validate": [*exe, "stage", "list"], "validate_again": [*exe, "stage", "list"], "plan_never_run": plan,
+    return {"validate": [*exe, "stage", "list"], "validate_again": [*exe, "stage", "list"],
+            "validate_after_edit": [*exe, "stage", "list"], "plan_never_run": plan,
             "run": run,
             "plan_up_to_date": plan, "noop_rerun": run, "noop_rerun_no_report": None}
 
@@ -382,6 +389,13 @@ def mtimes(paths: list[Path]) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in paths}
 
 
+def edit_one_step(tool: str, root: Path, n: int) -> None:
+    """Append a comment line to the file that declares step n//2, as an editor's save would."""
+    path = root / "tasks" / f"{task_id(n // 2)}.yaml" if tool == "atlas" else root / "dvc.yaml"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("# edited by benchmarks/peers.py\n")
+
+
 def measure_repeat(tools: dict[str, Tool], templates: dict[str, Path], work: Path, n: int, run_real: dict[str, bool],
                    timeout: float, record: dict, log: Any, ops: tuple[str, ...] = OPERATIONS) -> None:
     """One repeat: fresh copies, then every operation with the tools in turn."""
@@ -404,6 +418,8 @@ def measure_repeat(tools: dict[str, Tool], templates: dict[str, Path], work: Pat
                 continue
             if op.startswith("noop_rerun"):
                 before[name] = mtimes(tool.outputs(roots[name]))
+            if op == "validate_after_edit":
+                edit_one_step(name, roots[name], n)
             result = timed_call(args, roots[name], tool.env, timeout)
             entry["samples"].append(result["s"])
             if not isinstance(result["s"], float):

@@ -475,6 +475,7 @@ def plan_scale(src: Sources) -> str:
 
 PEER_OPS = (("validate", "validate, first call", "`dvc stage list`; atlas parses and writes its project cache"),
             ("validate_again", "validate again", "atlas reads its project cache"),
+            ("validate_after_edit", "validate, one manifest edited", "atlas reads that one again"),
             ("plan_never_run", "plan, never run", "`-n` / `dvc status`"),
             ("run", "run every step", ""), ("plan_up_to_date", "plan, up to date", "`-n` / `dvc status`"),
             ("noop_rerun", "no-op re-run", "`atlas run`, its report kept when nothing ran / `dvc repro`"),
@@ -522,6 +523,8 @@ def peers_block(src: Sources) -> str:
     rows = []
     for op, label, note in PEER_OPS:
         for n, per_tool in need(run, "sizes", file=rel).items():
+            if not any(isinstance(entry, dict) and op in entry for entry in per_tool.values()):
+                continue                  # an operation the results file predates
             cells = [f"{label}" + (f" ({note})" if note else ""), count(int(n))]
             cells += [_cell(per_tool.get(tool, {}).get(op) if isinstance(per_tool.get(tool), dict) else None)
                       for tool in ("atlas", "snakemake", "dvc")]

@@ -13,6 +13,7 @@ import pytest
 
 from atlas.errors import InvalidManifests
 from atlas.loader import load_project
+from atlas import project_cache
 from atlas.project_cache import CACHE_FILE, open_project
 from helpers import task, write_project, write_task
 
@@ -36,8 +37,9 @@ def project(tmp_path):
 
 
 def from_cache(root) -> bool:
-    """Was the project served by the cache (no full load behind it)?"""
-    return open_project(root)._defaults is None
+    """Was the project served by the cache (no full load behind it, no manifest read)?"""
+    project = open_project(root)
+    return project._defaults is None and project.parsed == 0
 
 
 def test_a_file_changed_just_now_is_not_cached_until_it_settles(tmp_path):
@@ -73,7 +75,8 @@ def test_a_cached_step_loads_its_manifest_handler_and_params_when_asked(tmp_path
 
 
 @pytest.mark.parametrize("change", ["edit", "add", "remove", "defaults"])
-def test_any_change_in_tasks_is_a_miss(tmp_path, change):
+def test_any_change_in_tasks_is_seen(tmp_path, change):
+    """A changed manifest is read again (only it); changed defaults are a full load."""
     root = project(tmp_path)
     open_project(root)
     if change == "edit":
@@ -84,8 +87,9 @@ def test_any_change_in_tasks_is_a_miss(tmp_path, change):
         (root / "tasks" / f"{S}.yaml").unlink()
     else:
         (root / "tasks" / "project.yaml").write_text("name: renamed\n")
-    assert not from_cache(root)
     seen = open_project(root)
+    assert seen.parsed == {"edit": 1, "add": 1, "remove": 0, "defaults": 2}[change]
+    assert (seen._defaults is None) == (change != "defaults")
     if change == "edit":
         assert seen.steps[M].info.title_en == "edited title"
     elif change == "add":
@@ -94,6 +98,10 @@ def test_any_change_in_tasks_is_a_miss(tmp_path, change):
         assert S not in seen.steps
     else:
         assert seen.settings["name"] == "renamed"
+    full = load_project(root)
+    assert {t: s.info for t, s in seen.steps.items()} == {t: s.info for t, s in full.steps.items()}
+    assert list(seen.steps) == list(full.steps)
+    assert (seen.graph.levels, seen.graph.preds) == (full.graph.levels, full.graph.preds)
 
 
 def test_a_manifest_made_invalid_is_reported_not_served(tmp_path):
@@ -210,3 +218,128 @@ def test_a_fifo_where_the_cache_goes_is_a_miss_not_a_hang(tmp_path):
     assert not from_cache(root)                        # returns at once: it is never read
     assert (root / CACHE_FILE).is_file()               # the rename put a real cache in its place
     assert from_cache(root)
+
+
+# --- only the changed manifests read again ------------------------------------------------
+
+C = "AG-T-C-001"
+
+
+def chain(tmp_path):
+    """M (manual) <- S (script_gpu) <- C (onnx_conv, its checkpoint from S): C's input links
+    it to what S's handler produces."""
+    root = project(tmp_path)
+    write_task(root, task(C, "onnx_conv", (S,), inputs={"checkpoint": f"{S}:model.pt"}))
+    settled(root)
+    open_project(root)
+    assert from_cache(root)
+    return root
+
+
+def same_as_full_load(project, root) -> None:
+    full = load_project(root)
+    assert {t: s.info for t, s in project.steps.items()} == {t: s.info for t, s in full.steps.items()}
+    assert list(project.steps) == list(full.steps)
+    assert (project.graph.levels, project.graph.preds) == (full.graph.levels, full.graph.preds)
+
+
+def full_load_problems(root) -> list[str]:
+    with pytest.raises(InvalidManifests) as caught:
+        load_project(root)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_a_new_dependency_is_ordered_again_as_a_full_load_orders_it(tmp_path):
+    root = chain(tmp_path)
+    write_task(root, task(C, "onnx_conv", (S, M), inputs={"checkpoint": f"{S}:model.pt"}))
+    write_task(root, task("AG-T-N-001", "manual", (C,)))
+    seen = open_project(root)
+    assert seen.parsed == 2 and seen.graph.preds[C] == sorted([S, M])
+    same_as_full_load(seen, root)
+
+
+@pytest.mark.parametrize("edit", ["invalid field", "unknown dependency", "cycle", "input no longer made",
+                                  "dependency removed", "duplicate id", "id not the file name"])
+def test_a_changed_manifest_with_a_problem_is_reported_as_a_full_load_reports_it(tmp_path, edit):
+    """Whatever the changed file breaks, in itself or in the unchanged ones that link to
+    it, is reported at its place, exactly as a full load reports it."""
+    root = chain(tmp_path)
+    tasks = root / "tasks"
+    if edit == "invalid field":
+        write_task(root, task(M, "manual", params={"evidence": []}, colour="blue"))
+    elif edit == "unknown dependency":
+        write_task(root, task(M, "manual", ("AG-T-X-001",), params={"evidence": []}))
+    elif edit == "cycle":
+        write_task(root, task(M, "manual", (C,), params={"evidence": []}))
+    elif edit == "input no longer made":          # C is unchanged; S no longer produces model.pt
+        write_task(root, task(S, "manual", (M,), params={"evidence": []}))
+    elif edit == "dependency removed":            # C is unchanged; what it depends on is gone
+        (tasks / f"{S}.yaml").unlink()
+    elif edit == "duplicate id":
+        (tasks / f"{M}.yml").write_text((tasks / f"{M}.yaml").read_text())
+    else:
+        (tasks / "AG-T-Z-001.yaml").write_text((tasks / f"{M}.yaml").read_text())
+    expected = full_load_problems(root)
+    with pytest.raises(InvalidManifests) as caught:
+        open_project(root)
+    assert [str(p) for p in caught.value.problems] == expected and expected
+    if edit in ("input no longer made", "dependency removed"):
+        assert all(p.startswith(f"tasks/{C}.yaml:") for p in expected)
+
+
+def test_an_unchanged_step_whose_path_now_leaves_the_project_fails_a_partial_load_too(tmp_path):
+    root = chain(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "scripts").rmdir()
+    os.symlink(outside, root / "scripts")              # S's path param, S unchanged
+    write_task(root, task(M, "manual", title_en="edited", params={"evidence": []}))
+    with pytest.raises(InvalidManifests) as caught:
+        open_project(root)
+    assert "outside the project" in str(caught.value.problems[0])
+
+
+def test_a_partial_load_is_cached_once_the_files_settle_and_imports_no_networkx(tmp_path):
+    # in fresh interpreters, as in the test of a hit (the import path is part of the key)
+    root = chain(tmp_path)
+    code = ("import sys; from pathlib import Path; from atlas.project_cache import open_project; "
+            f"p = open_project(Path({str(root)!r})); "
+            "print(p.parsed, p._defaults is None, 'networkx' in sys.modules, p.steps['AG-T-M-001'].info.title_en)")
+
+    def fresh() -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+    assert fresh()[:2] == ["3", "False"]                # the full load that writes the cache
+    write_task(root, task(M, "manual", title_en="edited", params={"evidence": []}))
+    assert fresh() == ["1", "True", "False", "edited"]
+    assert fresh() == ["1", "True", "False", "edited"]  # just written: not trusted to the cache yet
+
+
+def test_a_partial_load_writes_the_cache_when_the_files_have_settled(tmp_path, monkeypatch):
+    root = chain(tmp_path)
+    write_task(root, task(M, "manual", title_en="edited", params={"evidence": []}))
+    written = os.stat(root / CACHE_FILE).st_ino
+    monkeypatch.setattr(project_cache, "RACY_NS", 0)   # as if the edit were seconds old
+    assert open_project(root).parsed == 1
+    assert os.stat(root / CACHE_FILE).st_ino != written
+    assert from_cache(root) and open_project(root).steps[M].info.title_en == "edited"
+
+
+def test_a_partially_loaded_project_loads_fully_for_a_step_that_runs(tmp_path):
+    root = chain(tmp_path)
+    write_task(root, task(M, "manual", title_en="edited", params={"evidence": []}))
+    seen = open_project(root)
+    assert seen.steps[M]._loaded is not None and seen.steps[C]._loaded is None
+    assert seen.steps[C].handler.name == "onnx_conv" and seen.steps[C].manifest.depends_on == [S]
+    assert seen.defaults.name == "test-project" and seen.steps[M].manifest.title_en == "edited"
+
+
+def test_step_info_rows_keep_every_field_in_order():
+    import dataclasses
+
+    from atlas.project import StepInfo
+
+    info = StepInfo("h", "h@1:abc", ("cuda",), False, True, {"a": [1]}, {"x": ("T:o", True)}, ("w.py",),
+                    ("data",), "başlık", "title", "1.2")
+    assert info.as_row() == [getattr(info, f.name) for f in dataclasses.fields(StepInfo)]
+    assert StepInfo.from_row(json.loads(json.dumps(info.as_row()))) == info
