@@ -30,6 +30,7 @@ CREATE INDEX IF NOT EXISTS step_runs_task ON step_runs(task, id);
 CREATE INDEX IF NOT EXISTS step_runs_success ON step_runs(task, id) WHERE status = 'succeeded';
 CREATE INDEX IF NOT EXISTS step_runs_running ON step_runs(id) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS step_runs_result ON step_runs(id) WHERE status != 'up-to-date';
+CREATE INDEX IF NOT EXISTS step_runs_run ON step_runs(run_id);
 CREATE TABLE IF NOT EXISTS metrics (
   step_run_id INTEGER REFERENCES step_runs(id), name TEXT NOT NULL, value REAL,
   unit TEXT, step INTEGER, ts REAL);
