@@ -8,7 +8,6 @@ ctypes. torch is never imported.
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import re
@@ -232,6 +231,8 @@ def cudnn_version() -> str | None:
 
 def cuda_driver_version() -> str | None:
     """cuDriverGetVersion through libcuda: the newest CUDA the driver can run."""
+    import ctypes           # on first use: the probe asks only where nvidia-smi saw a GPU
+
     try:
         lib = ctypes.CDLL("libcuda.so.1")
     except OSError:

@@ -145,15 +145,17 @@ def write(root: Path, project: Project, listing: dict, checked_paths: dict,
     steps are not all loaded) the registry's classes of their names."""
     from atlas.atomic import write_atomically
 
+    recent = time.time_ns() - RACY_NS
+    if any(sig is not None and sig[0] > recent for sig in listing.values()):
+        return                           # written by a later call, once the manifests have settled
     names = {step.info.handler for step in project.steps.values()}
     handlers = ({registry.load(name) for name in names} if registry is not None
                 else {step.handler for step in project.steps.values()})
     code = _code_signatures(handlers)
     if code is None:
         return
-    recent = time.time_ns() - RACY_NS
-    if any(sig is not None and sig[0] > recent for sig in [*listing.values(), *code.values()]):
-        return                           # written again by a later call, once the files have settled
+    if any(sig is not None and sig[0] > recent for sig in code.values()):
+        return                           # the same for handler code edited just now
     data = {"format": FORMAT, "atlas": __version__, "root": str(root), "import_path": _import_path(),
             "tasks": listing, "files": code,
             "paths": {"": checked_paths.get("", []), **{task: checked_paths.get(task, []) for task in project.steps}},

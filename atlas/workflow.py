@@ -77,9 +77,9 @@ def recover_after_crash(project: Project, store: StateStore) -> int:
     processes are killed (found by process group and its leader's start time), its runs and
     steps recorded as interrupted, and every half-written output folder removed, so
     nothing half-done is ever taken as done. Returns how many step runs were repaired."""
-    from atlas.process import kill_leftovers
-
     for _step_run, pgid, leader_started in store.abandoned_processes():
+        from atlas.process import kill_leftovers        # only then: a clean start imports none of it
+
         kill_leftovers(pgid, leader_started)
     repaired = store.repair_abandoned()
     artifacts.remove_temporaries(project.state_dir, keep=_batch_job_outputs(project, store))
@@ -90,12 +90,11 @@ def _batch_job_outputs(project: Project, store: StateStore) -> set[str]:
     """Output folders of Slurm jobs a killed runner left (still queued, running, or done
     with a result): kept for the run that takes the job over. A job that Slurm has ended
     without a result goes, with its folders."""
-    from atlas import slurm
-
     keep: set[str] = set()
     root = project.state_dir / "slurm"
     if not root.is_dir():
         return keep
+    from atlas import slurm
     job_ids = store.job_ids_by_dir()
     queue = slurm.SlurmQueue() if slurm.missing() is None else None     # checks only, no watching
     for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
