@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,4 +57,12 @@ def runner(root: Path, *args: str, command: str = "run") -> subprocess.Popen:
               f"main(['-C', {str(root)!r}, {command!r}, *{list(args)!r}], obj={{'registry': REGISTRY}})")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
     return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_at_a_terminal)
+
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """In the child before it starts: SIGINT back to its default. A shell without job control
+    starts background commands with SIGINT ignored (`cmd &` in a script, so a CI harness run
+    that way), and Python then installs no KeyboardInterrupt handler: a test's Ctrl-C would
+    not reach the runner at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

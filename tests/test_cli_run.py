@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from atlas.lock import ProjectLock
-from helpers import atlas, run_json, task, write_project, write_task
+from helpers import atlas, ctrl_c_as_at_a_terminal, run_json, task, write_project, write_task
 
 A, B, C, D = "AG-T-A-001", "AG-T-B-001", "AG-T-C-001", "AG-T-D-001"
 
@@ -208,7 +208,7 @@ def test_ctrl_c_stops_cleanly_and_records_interrupted(tmp_path):
               f"main(['-C', {str(root)!r}, 'run', {B!r}], obj={{'registry': REGISTRY}})")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests_dir), *sys.path]))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_at_a_terminal)
     marker = root / f"started-{A}"
     deadline = time.monotonic() + 60
     while not marker.exists() and time.monotonic() < deadline:
