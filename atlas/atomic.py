@@ -48,4 +48,7 @@ def read_regular(path: Path) -> bytes | None:
     with open(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return file.read()
+        try:
+            return file.read()
+        except OSError:                  # an I/O error: as unreadable as a missing file
+            return None

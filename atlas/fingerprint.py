@@ -53,7 +53,6 @@ def fingerprint(comps: dict) -> str:
     return digest(comps)
 
 
-
 def _changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 

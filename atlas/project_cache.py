@@ -88,11 +88,11 @@ def _reload(root: Path, data: dict, changed: set[str], listing: dict) -> Project
 
     known = _project_of(root, data)
     paths = data["paths"]
-    kept = [task for task, step in known.steps.items() if Path(step.file).name not in changed]
-    if not _paths_hold(root, [paths[""], *(paths[task] for task in kept)]):
+    checked_paths = {"": paths[""], **{task: paths[task] for task, step in known.steps.items()
+                                       if Path(step.file).name not in changed}}
+    if not _paths_hold(root, checked_paths.values()):
         return None
     registry = Registry()
-    checked_paths = {"": paths[""], **{task: paths[task] for task in kept}}
     project = load_changed(root, known, changed, registry, checked_paths)
     if project is not None:
         write(root, project, listing, checked_paths, registry)
@@ -148,9 +148,15 @@ def write(root: Path, project: Project, listing: dict, checked_paths: dict,
     recent = time.time_ns() - RACY_NS
     if any(sig is not None and sig[0] > recent for sig in listing.values()):
         return                           # written by a later call, once the manifests have settled
-    names = {step.info.handler for step in project.steps.values()}
-    handlers = ({registry.load(name) for name in names} if registry is not None
-                else {step.handler for step in project.steps.values()})
+    if registry is None:
+        handlers = {step.handler for step in project.steps.values()}
+    else:
+        from atlas.registry import HandlerLoadError
+
+        try:
+            handlers = {registry.load(name) for name in {step.info.handler for step in project.steps.values()}}
+        except HandlerLoadError:
+            return                       # the next full load reports it at its manifest
     code = _code_signatures(handlers)
     if code is None:
         return

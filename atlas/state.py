@@ -81,10 +81,6 @@ class StepRun:
     stored_json: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "StepRun":
-        return cls.reader(row.keys())(row)
-
-    @classmethod
     def reader(cls, columns: list[str]) -> Callable[[Any], "StepRun"]:
         """Step runs from rows with these columns, by position: 2,000 rows of a planning
         snapshot cost a third of the time of building each through a dict."""

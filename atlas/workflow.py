@@ -6,10 +6,9 @@ RunDisplay it is given.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import threading
 from typing import Callable
 
 from atlas import __version__, artifacts
@@ -95,6 +94,7 @@ def _batch_job_outputs(project: Project, store: StateStore) -> set[str]:
     if not root.is_dir():
         return keep
     from atlas import slurm
+
     job_ids = store.job_ids_by_dir()
     queue = slurm.SlurmQueue() if slurm.missing() is None else None     # checks only, no watching
     for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):

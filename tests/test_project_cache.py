@@ -343,3 +343,23 @@ def test_step_info_rows_keep_every_field_in_order():
                     ("data",), "başlık", "title", "1.2")
     assert info.as_row() == [getattr(info, f.name) for f in dataclasses.fields(StepInfo)]
     assert StepInfo.from_row(json.loads(json.dumps(info.as_row()))) == info
+
+
+def test_a_handler_that_fails_to_load_when_the_cache_is_written_leaves_the_old_cache(tmp_path, monkeypatch):
+    from atlas.registry import HandlerLoadError, Registry
+
+    root = chain(tmp_path)
+    write_task(root, task(S, "script_gpu", (M,), title_en="edited", params={"scripts": "scripts"}))
+    written = os.stat(root / CACHE_FILE).st_ino
+    load = Registry.load
+
+    def failing(self, name):
+        if name == "manual":               # only the unchanged step's handler, which the write loads
+            raise HandlerLoadError("handler 'manual' failed to import: boom")
+        return load(self, name)
+
+    monkeypatch.setattr(Registry, "load", failing)
+    monkeypatch.setattr(project_cache, "RACY_NS", 0)
+    seen = open_project(root)
+    assert seen.parsed == 1 and seen.steps[S].info.title_en == "edited"
+    assert os.stat(root / CACHE_FILE).st_ino == written      # not rewritten, no error
