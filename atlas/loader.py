@@ -8,16 +8,15 @@ from __future__ import annotations
 import difflib
 import gc
 import os
-import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping, Set
 
 from pydantic import BaseModel, ValidationError
 
-from atlas import yamlpos
+from atlas import manifest_file, yamlpos
 from atlas.errors import InvalidManifests, ManifestProblem
 from atlas.fingerprint import handler_version
-from atlas.graph import Dag, build_graph, find_cycles
+from atlas.graph import Dag, build_graph, find_cycles, graph_library
 from atlas.handler import Handler, Params
 from atlas.manifest import Manifest, ProjectDefaults
 from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo, find_root
@@ -102,59 +101,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# A manifest is one or two KB, and tasks/project.yaml with the hierarchy of 12 tasks is 8 KB:
-# the bound stops a runaway file (or a link to /dev/zero) long before it costs anything.
-MAX_MANIFEST_BYTES = 256 * 1024
-
-
-def _read(path: Path, rel: str, out: _Collector) -> yamlpos.Located | None:
-    # Only a regular file, and at most MAX_MANIFEST_BYTES + 1 bytes of it. stat() follows
-    # links as open() would; a FIFO is never opened (that blocks until a writer comes).
-    data = b""
-    try:
-        info = os.stat(path)
-        mode = info.st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                    else "a socket" if stat.S_ISSOCK(mode) else "a character device" if stat.S_ISCHR(mode)
-                    else "a block device" if stat.S_ISBLK(mode) else "a special file")
-            out.add(rel, (1, 1), f"not a regular file ({kind})")
-            return None
-        if info.st_size <= MAX_MANIFEST_BYTES:
-            # O_NONBLOCK: should the path become a FIFO after stat(), open() still returns
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-            with open(fd, "rb") as file:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    out.add(rel, (1, 1), "not a regular file (it was replaced while being read)")
-                    return None
-                data = file.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        out.add(rel, (1, 1), f"cannot read the file: {exc.strerror or exc}")
-        return None
-    limit_kb = MAX_MANIFEST_BYTES // 1024
-    if info.st_size > MAX_MANIFEST_BYTES:
-        out.add(rel, (1, 1), f"manifest is {-(-info.st_size // 1024):,} KB; the limit is {limit_kb} KB")
-        return None
-    if len(data) > MAX_MANIFEST_BYTES:
-        out.add(rel, (1, 1), f"manifest is over {limit_kb} KB (it grew while being read); "
-                f"the limit is {limit_kb} KB")
-        return None
-    try:
-        # newlines translated as read_text() does (\r\n and \r become \n)
-        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-        located = yamlpos.load(text)
-    except UnicodeDecodeError as exc:
-        out.add(rel, (1, 1), f"not UTF-8 text: {exc.reason}")
-        return None
-    except yamlpos.YamlSyntaxError as exc:
-        out.add(rel, (exc.line, exc.col), exc.message)
-        return None
-    for dup_path, pos in located.duplicates:
-        out.add(rel, pos, f"duplicate key {dup_path[-1]!r}", dup_path)
-    if not isinstance(located.data, dict):
-        out.add(rel, (1, 1), "a manifest must be a YAML mapping (key: value lines)")
-        return None
-    return located
+MAX_MANIFEST_BYTES = manifest_file.MAX_MANIFEST_BYTES
 
 
 def load_defaults(root: Path, out: _Collector, checked_paths: dict | None = None) -> ProjectDefaults:
@@ -162,7 +109,7 @@ def load_defaults(root: Path, out: _Collector, checked_paths: dict | None = None
     if not path.exists():
         return ProjectDefaults(name=root.name)
     rel = f"{TASKS_DIR}/{DEFAULTS_FILE}"
-    located = _read(path, rel, out)
+    located = manifest_file.read(path, rel, out)
     if located is None:
         return ProjectDefaults(name=root.name)
     try:
@@ -180,32 +127,36 @@ def _context(root: Path, checked_paths: dict | None, task: str) -> dict:
     return {"project_root": root, "checked_paths": found}
 
 
-def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None) -> Project:
+def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None,
+                 read_ahead: Mapping[Path, yamlpos.Located | None] | None = None) -> Project:
     """Load and validate tasks/; raise InvalidManifests listing every problem.
     `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
-    every path param checked."""
+    every path param checked. `read_ahead` holds manifests read already
+    (manifest_file.read_all), the others are read here."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
     # them form cycles that need collecting before we return.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_project(root, registry, checked_paths)
+        return _load_project(root, registry, checked_paths, read_ahead)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load_project(root: Path, registry: Registry | None, checked_paths: dict | None) -> Project:
+def _load_project(root: Path, registry: Registry | None, checked_paths: dict | None,
+                  read_ahead: Mapping[Path, yamlpos.Located | None] | None) -> Project:
     registry = registry if registry is not None else Registry()
     out = _Collector()
     defaults = load_defaults(root, out, checked_paths)
     manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
-    files = sorted(p for p in (root / TASKS_DIR).iterdir()
-                   if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE)
+    files = manifest_file.manifest_paths(root)
+    if read_ahead is None:     # networkx (needed next) is imported while they are read
+        read_ahead = dict(zip(files, manifest_file.read_all(files, before=graph_library)))
     for path in files:
-        if not _read_manifest(path, manifests, out):
+        if not _read_manifest(path, manifests, out, read_ahead.get(path)):
             unreadable.add(path.stem)
 
     steps = _bind_handlers(manifests, registry, out, root, checked_paths)
@@ -292,11 +243,13 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
     return project
 
 
-def _read_manifest(path: Path, manifests: dict, out: _Collector) -> bool:
-    """Read and check one manifest into `manifests` (id -> (manifest, rel, located)).
-    False when it could not be read or validated (its problems are in `out`)."""
+def _read_manifest(path: Path, manifests: dict, out: _Collector, located: yamlpos.Located | None = None) -> bool:
+    """Read (unless `located` is its YAML already) and check one manifest into `manifests`
+    (id -> (manifest, rel, located)). False when it could not be read or validated (its
+    problems are in `out`)."""
     rel = f"{TASKS_DIR}/{path.name}"
-    located = _read(path, rel, out)
+    if located is None:
+        located = manifest_file.read(path, rel, out)
     if located is None:
         return False
     try:
@@ -387,12 +340,13 @@ def _check_links(tid: str, manifest: Manifest, rel: str, located: yamlpos.Locate
                         f"{usual})", ("inputs", name))
     for name, spec in manifest.input_specs().items():
         source, output = spec.from_.split(":", 1)
-        pos, path = located.where(("inputs", name)), ("inputs", name)
+        path = ("inputs", name)        # where(path) only for a problem: it works out positions
         if source not in manifest.depends_on:
-            out.add(rel, pos, f"input {name!r} comes from {source}, which is not in depends_on", path)
+            out.add(rel, located.where(path), f"input {name!r} comes from {source}, which is not in depends_on",
+                    path)
             continue
         handler = handler_of(source)
         if handler is not None and not produces(handler, output):
             made = ", ".join(handler.outputs) or "nothing"
-            out.add(rel, pos, f"input {name!r}: {source} ({handler.name}) produces no {output!r} "
-                    f"(it produces: {made})", path)
+            out.add(rel, located.where(path), f"input {name!r}: {source} ({handler.name}) produces no "
+                    f"{output!r} (it produces: {made})", path)

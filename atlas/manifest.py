@@ -141,7 +141,8 @@ class Manifest(Strict):
         return None if value is None else parse_duration(value)
 
     def input_specs(self) -> dict[str, InputSpec]:
-        return {name: InputSpec(**{"from": spec}) if isinstance(spec, str) else spec
+        # the short form was checked as the manifest was (_check_ref): not validated again
+        return {name: InputSpec.model_construct(from_=spec) if isinstance(spec, str) else spec
                 for name, spec in self.inputs.items()}
 
 

@@ -61,14 +61,31 @@ def open_project(root: Path, registry: "Registry | None" = None) -> Project:
                 project = None              # a cache of the right format, damaged: load in full
             if project is not None:
                 return project
-    from atlas.loader import load_project   # only now: a hit imports neither YAML nor pydantic
-
     if registry is not None or listing is None:     # in-memory handlers: nothing to key them on
+        from atlas.loader import load_project
         return load_project(root, registry)
+    # A miss: the manifests are read (on two cores, where there are many) while the loader
+    # imports pydantic, the manifest models and networkx. A hit imports none of them.
+    from atlas import manifest_file
+
+    try:
+        files = manifest_file.manifest_paths(root)
+    except OSError:
+        files = []                          # the full load says what it cannot read
+    read_ahead = dict(zip(files, manifest_file.read_all(files, before=_import_loader)))
+    from atlas.loader import load_project
+
     checked_paths: dict = {}
-    project = load_project(root, checked_paths=checked_paths)
+    project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead)
     write(root, project, listing, checked_paths)
     return project
+
+
+def _import_loader() -> None:
+    from atlas.graph import graph_library
+    from atlas.loader import load_project  # noqa: F401
+
+    graph_library()
 
 
 def _from_cache(root: Path, data: dict, listing: dict) -> Project | None:

@@ -7,7 +7,6 @@ Duplicate keys, which PyYAML silently accepts, are reported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -17,12 +16,37 @@ Path_ = tuple[Any, ...]
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@dataclass
 class Located:
-    data: Any
-    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    duplicates: list[tuple[Path_, tuple[int, int]]] = field(default_factory=list)
+    """Plain data, and the (line, col) of every value, key and duplicate key in it.
+
+    A valid manifest never asks where its values stood, so a plain document (the usual
+    one) is built without positions, and they are worked out from its text on first use.
+    """
+
+    def __init__(self, data: Any, positions: dict[Path_, tuple[int, int]] | None = None,
+                 key_positions: dict[Path_, tuple[int, int]] | None = None,
+                 duplicates: list[tuple[Path_, tuple[int, int]]] | None = None, text: str | None = None) -> None:
+        self.data = data
+        self._text = text               # set: positions not worked out yet
+        self._positions = positions if positions is not None else {}
+        self._key_positions = key_positions if key_positions is not None else {}
+        self.duplicates = duplicates if duplicates is not None else []
+
+    @property
+    def positions(self) -> dict[Path_, tuple[int, int]]:
+        self._locate()
+        return self._positions
+
+    @property
+    def key_positions(self) -> dict[Path_, tuple[int, int]]:
+        self._locate()
+        return self._key_positions
+
+    def _locate(self) -> None:
+        if self._text is not None:
+            text, self._text = self._text, None
+            located = _load_located(text)          # built before from the same text: no error
+            self._positions, self._key_positions = located._positions, located._key_positions
 
     def where(self, path: Path_, key: bool = False) -> tuple[int, int]:
         """Closest known position for a path: the path itself, else its nearest parent."""
@@ -68,9 +92,25 @@ def _position(text: str, index: int) -> tuple[int, int]:
 
 def load(text: str) -> Located:
     """Parse one YAML document; raise YamlSyntaxError with its position."""
+    root = _compose(text)
+    if root is None:
+        return Located(None)
+    try:
+        return Located(_plain(root, 0, _Budget()), text=text)
+    except _NotPlain:
+        return _build_located(root)
+
+
+def _load_located(text: str) -> Located:
+    """`load`, with every position worked out now."""
+    root = _compose(text)
+    return Located(None) if root is None else _build_located(root)
+
+
+def _compose(text: str) -> yaml.Node | None:
     loader = _LOADER(text)
     try:
-        root = loader.get_single_node()
+        return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -91,9 +131,10 @@ def load(text: str) -> Located:
         raise YamlSyntaxError(_DEPTH_MESSAGE, line, col) from None
     finally:
         loader.dispose()
+
+
+def _build_located(root: yaml.Node) -> Located:
     located = Located(None)
-    if root is None:
-        return located
     builder = _Builder(located)
     try:
         located.data = builder.build(root, (), 0)
@@ -104,6 +145,63 @@ def load(text: str) -> Located:
     except RecursionError:                    # not expected below MAX_DEPTH; never a traceback
         raise YamlSyntaxError(_DEPTH_MESSAGE, *_mark(root)) from None
     return located
+
+
+class _NotPlain(Exception):
+    """The document needs the full builder: a merge key, a key that is a list, a duplicate
+    key, a tag, a bound reached, a value that does not construct."""
+
+
+class _Budget:
+    """What one fast build may still spend, and its constructor (made on first use: most
+    values are text, which needs none)."""
+    __slots__ = ("left", "_constructor")
+
+    def __init__(self) -> None:
+        self.left = MAX_VALUES
+        self._constructor: yaml.SafeLoader | None = None
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:    # as _construct calls it
+        if self._constructor is None:
+            self._constructor = yaml.SafeLoader("")
+        return self._constructor.construct_object(node, deep=deep)
+
+
+def _plain(node: yaml.Node, depth: int, budget: _Budget) -> Any:
+    """Plain data as _Builder makes it, counted as it counts, without positions; anything
+    but a plain document raises _NotPlain and _Builder does it again, with its own error.
+    An alias is built once per use here too: a recursive one reaches MAX_DEPTH."""
+    budget.left -= 1
+    if budget.left < 0:
+        raise _NotPlain
+    cls = type(node)
+    if cls is yaml.ScalarNode:
+        if node.tag == _STR:
+            return node.value
+        try:
+            return _construct(node, budget)
+        except Exception:
+            raise _NotPlain from None
+    if node.tag not in _PLAIN_TAGS or depth >= MAX_DEPTH:
+        raise _NotPlain
+    depth += 1
+    if cls is yaml.SequenceNode:
+        return [_plain(item, depth, budget) for item in node.value]
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        if type(key_node) is not yaml.ScalarNode or key_node.tag == _MERGE:
+            raise _NotPlain
+        budget.left -= 1
+        try:
+            key = key_node.value if key_node.tag == _STR else _construct(key_node, budget)
+            result[key] = _plain(value_node, depth, budget)
+        except _NotPlain:
+            raise
+        except Exception:                     # a key that does not construct or hash
+            raise _NotPlain from None
+    if len(result) != len(node.value):        # a duplicate key: the full builder lists it
+        raise _NotPlain
+    return result
 
 
 _MERGE = "tag:yaml.org,2002:merge"
@@ -121,7 +219,7 @@ class _Builder:
     """
 
     def __init__(self, out: Located) -> None:
-        self.out = out
+        self.positions, self.key_positions, self.duplicates = out._positions, out._key_positions, out.duplicates
         self.constructor = yaml.SafeLoader("")
         self.values = 0
         self.seen: set[int] = set()        # nodes built so far: meeting one again = an alias
@@ -141,7 +239,7 @@ class _Builder:
 
     def build(self, node: yaml.Node, path: Path_, depth: int) -> Any:
         self.count(node)
-        self.out.positions[path] = _mark(node)
+        self.positions[path] = _mark(node)
         if not isinstance(node, yaml.CollectionNode):
             return _construct(node, self.constructor)
         if node.tag not in _PLAIN_TAGS:      # !!set, !secret {...}
@@ -160,7 +258,6 @@ class _Builder:
         return result
 
     def _mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[Any, Any]:
-        out = self.out
         result: dict[Any, Any] = {}
         own_keys: set[Any] = set()
         for key_node, value_node, merged in self._pairs(node, {id(node)}):
@@ -168,9 +265,9 @@ class _Builder:
             child = path + (key,)
             if not merged:
                 if key in own_keys:
-                    out.duplicates.append((child, _mark(key_node)))
+                    self.duplicates.append((child, _mark(key_node)))
                 own_keys.add(key)
-            out.key_positions[child] = _mark(key_node)
+            self.key_positions[child] = _mark(key_node)
             result[key] = self.build(value_node, child, depth)
         return result
 
@@ -224,7 +321,7 @@ class _Builder:
         return merged + own
 
 
-def _construct(node: yaml.Node, constructor: yaml.SafeLoader) -> Any:
+def _construct(node: yaml.Node, constructor: yaml.SafeLoader | _Budget) -> Any:
     if node.tag == _STR and isinstance(node, yaml.ScalarNode):
         return node.value          # most scalars: skip the constructor (a third of load time)
     if node.tag == _INT and isinstance(node, yaml.ScalarNode):

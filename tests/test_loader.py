@@ -733,3 +733,51 @@ def test_the_real_project_loads_without_problems():
 
 def test_the_real_project_found_from_a_subfolder():
     assert find_root(REPO / "atlas") == REPO
+
+
+# --- many manifests: read on two cores, the same project and the same problems -------------
+
+def many(root: Path, broken: bool) -> Path:
+    tid = [f"AG-DS-N{i:04d}-001" for i in range(3 * 128)]
+    files = {fa(tid[0]): manifest(tid[0])}
+    for i in range(1, len(tid)):
+        deps = sorted({tid[i - 1], tid[i // 2]})
+        files[fa(tid[i])] = manifest(tid[i], extra=f"depends_on: [{', '.join(deps)}]\n"
+                                                   f"inputs: {{m: '{tid[i - 1]}:model.pt'}}\n"
+                                                   "params: {epochs: 2, lr: 0.5}\n")
+    if broken:       # at both ends and in the middle: where each process reads
+        files[fa(tid[1])] = files[fa(tid[1])].replace("epochs: 2", "epochs: two")
+        files[fa(tid[200])] += "retries: 1\nretries: 2\n"
+        files[fa(tid[-1])] = files[fa(tid[-1])].replace("depends_on: [", "depends_on: [AG-DS-NOPE-001, ")
+        files[fa(tid[-2])] = "id: [unclosed\n"
+        files[fa(tid[-3])] = files[fa(tid[-3])] + "anchor: &a {x: 1}\nmore: {<<: *a}\n"
+    return make_project(root, files)
+
+
+def load_both_ways(root: Path, monkeypatch) -> tuple:
+    from atlas import two_cores
+
+    def outcome():
+        try:
+            project = load_project(root, REGISTRY)
+        except InvalidManifests as exc:
+            return [str(p) for p in exc.problems]
+        return [(s.id, s.info, project.graph.preds[s.id]) for s in project.steps.values()], project.graph.levels
+
+    on_two = outcome()
+    monkeypatch.setattr(two_cores, "MIN_ITEMS", 10 ** 9)
+    return on_two, outcome()
+
+
+def test_many_manifests_load_alike_on_two_cores_and_on_one(tmp_path, monkeypatch):
+    on_two, on_one = load_both_ways(many(tmp_path, broken=False), monkeypatch)
+    assert on_two == on_one and len(on_two[0]) == 3 * 128
+
+
+def test_many_manifests_report_alike_on_two_cores_and_on_one(tmp_path, monkeypatch):
+    on_two, on_one = load_both_ways(many(tmp_path, broken=True), monkeypatch)
+    assert on_two == on_one
+    assert [p.split(": ", 1)[0] for p in on_two] == [
+        "tasks/AG-DS-N0001-001.yaml:8:18", "tasks/AG-DS-N0200-001.yaml:10:1",
+        "tasks/AG-DS-N0381-001.yaml:9:1", "tasks/AG-DS-N0381-001.yaml:10:1",   # merge: the full builder
+        "tasks/AG-DS-N0382-001.yaml:2:1", "tasks/AG-DS-N0383-001.yaml:6:14"], on_two

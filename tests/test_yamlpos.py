@@ -285,3 +285,44 @@ def test_explicit_null_document_is_positioned(text, pos):
 def test_non_mapping_documents_load(text, data):
     # deciding that a manifest must be a mapping is the loader's job
     assert yamlpos.load(text).data == data
+
+
+# --- the fast build (no positions until asked) agrees with the positional one ---------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+AGREE = [DOC, *SAME_AS_SAFE_LOAD, "a: 1\na: 2\nb: 0\na: 3\n", "p: {a: 1, a: 2}\n", "1: x\ntrue: y\n",
+         "? [1, 2]\n: x\n", "x: {a: 1}\ny: [{a: 2}, [3, [4]]]\n", "- a\n- b\n", "42\n", "---\n", "",
+         "k: ''\nn: null\nb: false\nf: .inf\nd: 2024-01-01 10:00:00\nbin: !!binary aGVsbG8=\n",
+         "a: 0777\nb: 1_000\nc: 0b101\nd: -5\ne: '12'\n",
+         *(path.read_text(encoding="utf-8") for path in sorted((REPO / "tasks").glob("*.yaml")))]
+
+
+@pytest.mark.parametrize("text", AGREE, ids=range(len(AGREE)))
+def test_the_fast_build_agrees_with_the_positional_one(text):
+    fast, full = yamlpos.load(text), yamlpos._load_located(text)
+    assert fast.data == full.data and type(fast.data) is type(full.data)
+    assert repr(fast.data) == repr(full.data)               # key order and value types too
+    assert fast.duplicates == full.duplicates
+    assert fast.positions == full.positions and fast.key_positions == full.key_positions
+
+
+def test_a_plain_document_works_out_its_positions_only_when_asked():
+    located = yamlpos.load(DOC)
+    assert located._text is not None                        # built without positions
+    assert located.where(("params", "workspace_gb")) == (4, 17)
+    assert located._text is None and located.positions[()] == (1, 1)
+
+
+@pytest.mark.parametrize("text", [
+    "a: !custom x\n", "a: !!int foo\n", "? {a: 1}\n: x\n", "a: !!set {x, y}\n", "a: &x [*x]\n", "a:\n  <<: 5\n",
+    "x: " + "1" * (yamlpos.MAX_INT_CHARS + 1) + "\n",
+    "a: &a [" + ",".join(["x"] * 10) + "]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(5)),
+])
+def test_the_fast_build_raises_what_the_positional_one_raises(text):
+    with pytest.raises(YamlSyntaxError) as fast:
+        yamlpos.load(text)
+    with pytest.raises(YamlSyntaxError) as full:
+        yamlpos._load_located(text)
+    assert (fast.value.message, fast.value.line, fast.value.col) == \
+           (full.value.message, full.value.line, full.value.col)

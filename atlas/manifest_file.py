@@ -1,0 +1,100 @@
+"""Reading one manifest file within bounds: only a regular file, at most
+MAX_MANIFEST_BYTES, UTF-8, YAML within atlas.yamlpos's bounds. Many of them are read on
+two cores (atlas.two_cores). Imports neither pydantic nor networkx: a cold load starts
+reading before it imports them.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Callable, Protocol
+
+from atlas import two_cores, yamlpos
+from atlas.project import DEFAULTS_FILE, TASKS_DIR
+
+# A manifest is one or two KB, and tasks/project.yaml with the hierarchy of 12 tasks is 8 KB:
+# the bound stops a runaway file (or a link to /dev/zero) long before it costs anything.
+MAX_MANIFEST_BYTES = 256 * 1024
+
+
+class Problems(Protocol):
+    def add(self, file: str, pos: tuple[int, int], message: str, path: tuple = ()) -> None: ...
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.problems = 0
+
+    def add(self, file: str, pos: tuple[int, int], message: str, path: tuple = ()) -> None:
+        self.problems += 1
+
+
+def manifest_paths(root: Path) -> list[Path]:
+    """The manifests in tasks/ (not the defaults), by name."""
+    found = [p for p in (root / TASKS_DIR).iterdir() if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE]
+    return sorted(found, key=lambda p: p.name)   # as Paths of one folder sort, in a tenth of the time
+
+
+def read_all(paths: list[Path], before: Callable[[], object] | None = None) -> list[yamlpos.Located | None]:
+    """Each manifest's YAML, None for one with a problem (reading it again with `read`
+    reports it); on two cores where there are many, `before` run meanwhile."""
+    return two_cores.map_items(_read_cleanly, paths, before=before)
+
+
+def _read_cleanly(path: Path) -> yamlpos.Located | None:
+    count = _Count()
+    located = read(path, f"{TASKS_DIR}/{path.name}", count)
+    return None if count.problems else located
+
+
+def read(path: Path, rel: str, out: Problems) -> yamlpos.Located | None:
+    """The YAML of the manifest at `path` (`rel` in messages); None when it cannot be
+    read, its problems added to `out`."""
+    # Only a regular file, and at most MAX_MANIFEST_BYTES + 1 bytes of it. stat() follows
+    # links as open() would; a FIFO is never opened (that blocks until a writer comes).
+    data = b""
+    try:
+        info = os.stat(path)
+        mode = info.st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a character device" if stat.S_ISCHR(mode)
+                    else "a block device" if stat.S_ISBLK(mode) else "a special file")
+            out.add(rel, (1, 1), f"not a regular file ({kind})")
+            return None
+        if info.st_size <= MAX_MANIFEST_BYTES:
+            # O_NONBLOCK: should the path become a FIFO after stat(), open() still returns
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            with open(fd, "rb") as file:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    out.add(rel, (1, 1), "not a regular file (it was replaced while being read)")
+                    return None
+                data = file.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        out.add(rel, (1, 1), f"cannot read the file: {exc.strerror or exc}")
+        return None
+    limit_kb = MAX_MANIFEST_BYTES // 1024
+    if info.st_size > MAX_MANIFEST_BYTES:
+        out.add(rel, (1, 1), f"manifest is {-(-info.st_size // 1024):,} KB; the limit is {limit_kb} KB")
+        return None
+    if len(data) > MAX_MANIFEST_BYTES:
+        out.add(rel, (1, 1), f"manifest is over {limit_kb} KB (it grew while being read); "
+                f"the limit is {limit_kb} KB")
+        return None
+    try:
+        # newlines translated as read_text() does (\r\n and \r become \n)
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        located = yamlpos.load(text)
+    except UnicodeDecodeError as exc:
+        out.add(rel, (1, 1), f"not UTF-8 text: {exc.reason}")
+        return None
+    except yamlpos.YamlSyntaxError as exc:
+        out.add(rel, (exc.line, exc.col), exc.message)
+        return None
+    for dup_path, pos in located.duplicates:
+        out.add(rel, pos, f"duplicate key {dup_path[-1]!r}", dup_path)
+    if not isinstance(located.data, dict):
+        out.add(rel, (1, 1), "a manifest must be a YAML mapping (key: value lines)")
+        return None
+    return located
