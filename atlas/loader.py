@@ -277,7 +277,7 @@ def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> Ste
     return StepInfo(handler=handler.name, handler_version=handler_version(handler), requires=requires,
                     manual=bool(handler.manual), gpu=bool(handler.gpu_env or "cuda" in requires),
                     params=params.model_dump(mode="json"),
-                    inputs={name: (spec.from_, spec.optional) for name, spec in manifest.input_specs().items()},
+                    inputs=manifest.input_refs(),
                     watched=tuple(handler.watched_paths(params)), project_keys=tuple(handler.project_keys),
                     title=manifest.title, title_en=manifest.title_en, wbs=manifest.wbs)
 
@@ -338,8 +338,8 @@ def _check_links(tid: str, manifest: Manifest, rel: str, located: yamlpos.Locate
                 out.add(rel, located.where(("inputs",), key=True) if "inputs" in located.data
                         else (1, 1), f"input {name!r} is required by handler {manifest.handler} (usually "
                         f"{usual})", ("inputs", name))
-    for name, spec in manifest.input_specs().items():
-        source, output = spec.from_.split(":", 1)
+    for name, (ref, _) in manifest.input_refs().items():
+        source, output = ref.split(":", 1)
         path = ("inputs", name)        # where(path) only for a problem: it works out positions
         if source not in manifest.depends_on:
             out.add(rel, located.where(path), f"input {name!r} comes from {source}, which is not in depends_on",
