@@ -21,15 +21,35 @@ def with_pid(item: int) -> tuple[int, int]:
     return item * item, os.getpid()
 
 
-def no_children_left() -> bool:
-    try:
-        os.waitpid(-1, os.WNOHANG)         # reaps a zombie, if one were left
-    except ChildProcessError:
-        return True
-    return False
+@pytest.fixture
+def forked(monkeypatch) -> list[int]:
+    """The pids map_items forks. Only these are checked: other tests in the same run may
+    have children of their own alive, so waitpid(-1) says nothing about map_items."""
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def recording_fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recording_fork)
+    return pids
 
 
-def test_the_result_is_the_plain_map_and_both_processes_did_part_of_it():
+def reaped(pids: list[int]) -> bool:
+    """Every child was forked and waited for: none is left running or as a zombie."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)    # would reap a zombie (or see it running) if left
+        except ChildProcessError:
+            continue
+        return False
+    return bool(pids)
+
+
+def test_the_result_is_the_plain_map_and_both_processes_did_part_of_it(forked):
     ran_before = []
     results = two_cores.map_items(with_pid, ITEMS, before=lambda: ran_before.append(os.getpid()))
     assert [value for value, _ in results] == [item * item for item in ITEMS]
@@ -37,15 +57,16 @@ def test_the_result_is_the_plain_map_and_both_processes_did_part_of_it():
     assert os.getpid() in pids and len(pids) == 2         # the child did the far end
     assert results[-1][1] != os.getpid()
     assert ran_before == [os.getpid()]
-    assert no_children_left()
+    assert reaped(forked)
 
 
-def test_few_items_are_mapped_here():
+def test_few_items_are_mapped_here(forked):
     results = two_cores.map_items(with_pid, ITEMS[:two_cores.MIN_ITEMS - 1])
     assert {pid for _, pid in results} == {os.getpid()}
+    assert forked == []
 
 
-def test_with_another_thread_running_nothing_is_forked():
+def test_with_another_thread_running_nothing_is_forked(forked):
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait)
     thread.start()
@@ -55,9 +76,10 @@ def test_with_another_thread_running_nothing_is_forked():
         stop.set()
         thread.join()
     assert {pid for _, pid in results} == {os.getpid()}
+    assert forked == []
 
 
-def test_a_child_that_dies_midway_changes_nothing():
+def test_a_child_that_dies_midway_changes_nothing(forked):
     parent = os.getpid()
 
     def dies_in_the_child(item: int) -> int:
@@ -68,10 +90,10 @@ def test_a_child_that_dies_midway_changes_nothing():
         return item + 1
 
     assert two_cores.map_items(dies_in_the_child, ITEMS) == [item + 1 for item in ITEMS]
-    assert no_children_left()
+    assert reaped(forked)
 
 
-def test_a_child_that_raises_changes_nothing():
+def test_a_child_that_raises_changes_nothing(forked):
     parent = os.getpid()
 
     def raises_in_the_child(item: int) -> int:
@@ -80,10 +102,10 @@ def test_a_child_that_raises_changes_nothing():
         return -item
 
     assert two_cores.map_items(raises_in_the_child, ITEMS) == [-item for item in ITEMS]
-    assert no_children_left()
+    assert reaped(forked)
 
 
-def test_an_error_here_goes_up_and_takes_the_child_with_it():
+def test_an_error_here_goes_up_and_takes_the_child_with_it(forked):
     parent = os.getpid()
 
     def fails_here(item: int) -> int:
@@ -95,10 +117,10 @@ def test_an_error_here_goes_up_and_takes_the_child_with_it():
 
     with pytest.raises(KeyboardInterrupt):
         two_cores.map_items(fails_here, ITEMS)
-    assert no_children_left()
+    assert reaped(forked)
 
 
-def test_results_that_do_not_pickle_are_made_here():
+def test_results_that_do_not_pickle_are_made_here(forked):
     parent = os.getpid()
 
     def lambda_in_the_child(item: int):
@@ -106,4 +128,4 @@ def test_results_that_do_not_pickle_are_made_here():
 
     results = two_cores.map_items(lambda_in_the_child, ITEMS)
     assert results == ITEMS                              # the child's payload failed: all done here
-    assert no_children_left()
+    assert reaped(forked)
