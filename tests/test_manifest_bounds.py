@@ -348,9 +348,32 @@ def test_project_yaml_symlink_to_a_folder(tmp_path):
     ("a: &x [*x]\n", "recursive alias"),
 ])
 def test_without_libyaml(monkeypatch, text, words):
-    monkeypatch.setattr(yamlpos, "_LOADER", yaml.SafeLoader)
+    monkeypatch.setattr(yamlpos, "_LOADER", yamlpos._BoundedSafeLoader)
     start = time.perf_counter()
     with pytest.raises(YamlSyntaxError) as info:
         yamlpos.load(text)
     assert time.perf_counter() - start < 2 * SECONDS
     assert words in info.value.message and info.value.line >= 1 and info.value.col >= 1
+
+
+@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="needs libyaml to compare with")
+@pytest.mark.parametrize("make", [
+    lambda depth: "a: " + "[" * depth + "1" + "]" * depth + "\n",
+    lambda depth: "".join(" " * i + f"k{i}:\n" for i in range(depth)) + " " * depth + "v\n",
+    lambda depth: "- " * depth + "x\n",
+])
+def test_the_pure_python_loader_stops_where_libyaml_does(monkeypatch, make):
+    """Its scanner's own bound on nesting ends no document that libyaml's path accepts,
+    and accepts none that libyaml's path ends."""
+    def outcome(text):
+        try:
+            return yamlpos.load(text).data
+        except YamlSyntaxError as exc:
+            return exc.message
+    for depth in range(yamlpos.MAX_DEPTH - 3, yamlpos.MAX_DEPTH + 4):
+        text = make(depth)
+        with_libyaml = outcome(text)
+        monkeypatch.setattr(yamlpos, "_LOADER", yamlpos._BoundedSafeLoader)
+        pure = outcome(text)
+        monkeypatch.setattr(yamlpos, "_LOADER", yaml.CSafeLoader)
+        assert pure == with_libyaml, depth
