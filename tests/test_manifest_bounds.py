@@ -365,15 +365,12 @@ def test_without_libyaml(monkeypatch, text, words):
 def test_the_pure_python_loader_stops_where_libyaml_does(monkeypatch, make):
     """Its scanner's own bound on nesting ends no document that libyaml's path accepts,
     and accepts none that libyaml's path ends."""
-    def outcome(text):
+    def outcome(text, loader):
+        monkeypatch.setattr(yamlpos, "_LOADER", loader)
         try:
             return yamlpos.load(text).data
         except YamlSyntaxError as exc:
             return exc.message
     for depth in range(yamlpos.MAX_DEPTH - 3, yamlpos.MAX_DEPTH + 4):
         text = make(depth)
-        with_libyaml = outcome(text)
-        monkeypatch.setattr(yamlpos, "_LOADER", yamlpos._BoundedSafeLoader)
-        pure = outcome(text)
-        monkeypatch.setattr(yamlpos, "_LOADER", yaml.CSafeLoader)
-        assert pure == with_libyaml, depth
+        assert outcome(text, yamlpos._BoundedSafeLoader) == outcome(text, yaml.CSafeLoader), depth
