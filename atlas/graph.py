@@ -62,13 +62,6 @@ class Dag:
         return Dag([level for level in levels if level], {n: self.preds[n] for n in keep})
 
 
-def graph_library() -> object:
-    """networkx, imported (a fifth of a cold `atlas validate`: worth doing while the
-    manifests are read)."""
-    import networkx
-    return networkx
-
-
 def build_graph(depends_on: Mapping[Hashable, Iterable[Hashable]]) -> "nx.DiGraph":
     import networkx as nx
 
@@ -97,6 +90,13 @@ def find_cycles(graph: "nx.DiGraph") -> list[list[Hashable]]:
         start = cycle.index(min(cycle, key=str))
         cycles.append(cycle[start:] + cycle[:start])
     return sorted(cycles, key=lambda c: str(c[0]))
+
+
+def ordered(depends_on: Mapping[Hashable, Iterable[Hashable]]) -> tuple[Dag | None, list[list[Hashable]]]:
+    """networkx's view of a dependency map: (its Dag, no cycles), or (None, its cycles)."""
+    graph = build_graph(depends_on)
+    cycles = find_cycles(graph)
+    return (None if cycles else Dag.of(graph)), cycles
 
 
 def upstream(graph: "nx.DiGraph | Dag", targets: Iterable[Hashable]) -> "nx.DiGraph | Dag":

@@ -9,14 +9,14 @@ import difflib
 import gc
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Set
+from typing import Any, Callable, Iterable, Mapping, Set
 
 from pydantic import BaseModel, ValidationError
 
-from atlas import manifest_file, yamlpos
+from atlas import manifest_file, two_cores, yamlpos
 from atlas.errors import InvalidManifests, ManifestProblem
 from atlas.fingerprint import handler_version
-from atlas.graph import Dag, build_graph, find_cycles, graph_library
+from atlas.graph import ordered
 from atlas.handler import Handler, Params
 from atlas.manifest import Manifest, ProjectDefaults
 from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo, find_root
@@ -153,18 +153,23 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
     manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
     files = manifest_file.manifest_paths(root)
-    if read_ahead is None:     # networkx (needed next) is imported while they are read
-        read_ahead = dict(zip(files, manifest_file.read_all(files, before=graph_library)))
-    for path in files:
-        if not _read_manifest(path, manifests, out, read_ahead.get(path)):
-            unreadable.add(path.stem)
+    if read_ahead is None:
+        read_ahead = dict(zip(files, manifest_file.read_all(files)))
+    # networkx orders the graph the manifests declare on the other core while they are
+    # checked here; its answer is taken only if the checked manifests declare that graph
+    declared = _declared_depends(read_ahead.get(path) for path in files)
+    with two_cores.later(ordered, declared, fork=len(declared) >= two_cores.MIN_ITEMS) as ordering:
+        for path in files:
+            if not _read_manifest(path, manifests, out, read_ahead.get(path)):
+                unreadable.add(path.stem)
 
-    steps = _bind_handlers(manifests, registry, out, root, checked_paths)
-    wbs = defaults.wbs_index()
-    for tid, (manifest, rel, located) in manifests.items():
-        _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
-    graph = build_graph({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
-    for cycle in find_cycles(graph):
+        steps = _bind_handlers(manifests, registry, out, root, checked_paths)
+        wbs = defaults.wbs_index()
+        for tid, (manifest, rel, located) in manifests.items():
+            _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
+        depends = {tid: m.depends_on for tid, (m, _, _) in manifests.items()}
+        dag, cycles = ordering.result() if depends == declared else ordered(depends)
+    for cycle in cycles:
         first = cycle[0]
         manifest, rel, located = manifests[first]
         index = manifest.depends_on.index(cycle[-1])
@@ -173,8 +178,19 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
         out.add(rel, located.where(("depends_on", index)), f"dependency cycle: {chain}", ("depends_on", index))
     if out.problems:
         raise InvalidManifests(out.problems)
-    return Project(root, defaults.model_dump(mode="json"), steps, Dag.of(graph), defaults=defaults,
-                   parsed=len(files))
+    return Project(root, defaults.model_dump(mode="json"), steps, dag, defaults=defaults, parsed=len(files))
+
+
+def _declared_depends(documents: Iterable[yamlpos.Located | None]) -> dict[str, list[str]]:
+    """id -> depends_on, as the plain YAML of well-formed manifests has them."""
+    declared: dict[str, list[str]] = {}
+    for located in documents:
+        data = located.data if located is not None else None
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            deps = data.get("depends_on", [])
+            if isinstance(deps, list) and all(type(dep) is str for dep in deps):
+                declared[data["id"]] = deps
+    return declared
 
 
 def load_changed(root: Path, known: Project, changed: Set[str], registry: Registry,
@@ -232,10 +248,9 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
     graph = known.graph
     if set(every) != set(known.steps) or any(set(m.depends_on) != set(graph.preds[t])
                                               for t, (m, _, _) in fresh.items()):
-        nx_graph = build_graph({t: graph.preds[t] for t in kept} | {t: m.depends_on for t, (m, _, _) in fresh.items()})
-        if find_cycles(nx_graph):
+        graph, cycles = ordered({t: graph.preds[t] for t in kept} | {t: m.depends_on for t, (m, _, _) in fresh.items()})
+        if cycles:
             return None
-        graph = Dag.of(nx_graph)
     project = Project(root, known.settings, {}, graph, load=known._load, parsed=len(fresh))
     for step in every.values():
         step._load = project.load_fully

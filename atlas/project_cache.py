@@ -65,7 +65,8 @@ def open_project(root: Path, registry: "Registry | None" = None) -> Project:
         from atlas.loader import load_project
         return load_project(root, registry)
     # A miss: the manifests are read (on two cores, where there are many) while the loader
-    # imports pydantic, the manifest models and networkx. A hit imports none of them.
+    # imports pydantic and the manifest models; networkx then orders the graph in a child
+    # (atlas.loader). A hit imports none of them.
     from atlas import manifest_file
 
     try:
@@ -82,10 +83,7 @@ def open_project(root: Path, registry: "Registry | None" = None) -> Project:
 
 
 def _import_loader() -> None:
-    from atlas.graph import graph_library
     from atlas.loader import load_project  # noqa: F401
-
-    graph_library()
 
 
 def _from_cache(root: Path, data: dict, listing: dict) -> Project | None:

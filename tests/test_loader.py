@@ -781,3 +781,43 @@ def test_many_manifests_report_alike_on_two_cores_and_on_one(tmp_path, monkeypat
         "tasks/AG-DS-N0001-001.yaml:8:18", "tasks/AG-DS-N0200-001.yaml:10:1",
         "tasks/AG-DS-N0381-001.yaml:9:1", "tasks/AG-DS-N0381-001.yaml:10:1",   # merge: the full builder
         "tasks/AG-DS-N0382-001.yaml:2:1", "tasks/AG-DS-N0383-001.yaml:6:14"], on_two
+
+
+def test_many_manifests_report_a_cycle_alike_on_two_cores_and_on_one(tmp_path, monkeypatch):
+    root = many(tmp_path, broken=False)
+    path = root / "tasks" / fa("AG-DS-N0005-001")
+    path.write_text(path.read_text().replace("depends_on: [", "depends_on: [AG-DS-N0300-001, "))
+    on_two, on_one = load_both_ways(root, monkeypatch)
+    assert on_two == on_one
+    assert len(on_two) == 1 and "tasks/AG-DS-N0005-001.yaml:6:" in on_two[0] and "dependency cycle" in on_two[0]
+
+
+def test_a_big_project_is_ordered_by_networkx_in_a_child_not_here(tmp_path):
+    """Importing networkx is a fifth of a cold load: with many manifests it is imported,
+    and the graph ordered, in a child while this process checks the manifests."""
+    import subprocess
+    import sys
+
+    root = many(tmp_path, broken=False)
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from atlas.handler import Handler, Params
+        from atlas.loader import load_project
+        from atlas.registry import Registry
+
+        class TrainParams(Params):
+            epochs: int = 1
+            lr: float = 0.1
+
+        class Train(Handler):
+            name = "train"
+            Params = TrainParams
+            outputs = ("model.pt", "metrics.json")
+
+        project = load_project(Path(sys.argv[1]), Registry.from_classes(Train))
+        print(len(project.graph.levels), len(project.graph.preds), "networkx" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(3 * 128), str(3 * 128), "False"]

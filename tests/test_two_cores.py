@@ -129,3 +129,78 @@ def test_results_that_do_not_pickle_are_made_here(forked):
     results = two_cores.map_items(lambda_in_the_child, ITEMS)
     assert results == ITEMS                              # the child's payload failed: all done here
     assert reaped(forked)
+
+
+# -- later: one call worked out in a child ---------------------------------------------
+
+def pid_and(value: int) -> tuple[int, int]:
+    return value * 2, os.getpid()
+
+
+def test_later_works_it_out_in_the_child(forked):
+    with two_cores.later(pid_and, 21) as job:
+        value, pid = job.result()
+        assert job.result() == (value, pid)                # asked again: the same answer
+    assert value == 42 and pid != os.getpid() and pid == forked[0]
+    assert reaped(forked)
+
+
+def test_later_without_fork_works_it_out_here_when_asked(forked):
+    calls = []
+
+    def counted(value: int) -> int:
+        calls.append(os.getpid())
+        return value + 1
+
+    with two_cores.later(counted, 1, fork=False) as job:
+        assert calls == []                                 # nothing done until asked
+        assert job.result() == 2
+    assert calls == [os.getpid()] and forked == []
+
+
+def test_later_a_child_that_dies_or_raises_or_sends_what_does_not_pickle_changes_nothing(forked):
+    parent = os.getpid()
+
+    def dies(value: int) -> int:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return value
+
+    def raises(value: int) -> int:
+        if os.getpid() != parent:
+            raise ValueError("no")
+        return value
+
+    def unpicklable(value: int):
+        return (lambda: value) if os.getpid() != parent else value
+
+    for fn in (dies, raises, unpicklable):
+        with two_cores.later(fn, 7) as job:
+            assert job.result() == 7
+    assert len(forked) == 3 and reaped(forked)
+
+
+def test_later_an_error_here_takes_the_child_with_it(forked):
+    def slow(value: int) -> int:
+        time.sleep(30)
+        return value
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with two_cores.later(slow, 1):
+            raise KeyboardInterrupt
+    assert time.monotonic() - started < 5                  # killed, not waited for
+    assert reaped(forked)
+
+
+def test_later_with_another_thread_running_nothing_is_forked(forked):
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with two_cores.later(pid_and, 1) as job:
+            assert job.result() == (2, os.getpid())
+    finally:
+        stop.set()
+        thread.join()
+    assert forked == []
