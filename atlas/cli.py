@@ -55,13 +55,13 @@ def _emit_json(data: Any) -> None:
     click.echo(_json_text(data))
 
 
-def _project(ctx: click.Context):
+def _project(ctx: click.Context, order: bool = True):
     from atlas.project import find_root
     from atlas.project_cache import open_project
 
     obj = ctx.find_root().obj or {}
     root = find_root(Path(obj.get("dir") or "."))
-    project = open_project(root, obj.get("registry"))
+    project = open_project(root, obj.get("registry"), order=order)
     if obj.get("freeze_gc"):
         # the command keeps its project to the end: out of the cyclic collector's sight, it
         # is not rescanned on every collection (a tenth of `atlas plan` at 2,000 steps);
@@ -112,7 +112,7 @@ def validate(ctx: click.Context, as_json: bool) -> None:
     Problems print as tasks/FILE.yaml:LINE:COL: message [field.path]; exit code 3 when any.
     """
     try:
-        project = _project(ctx)
+        project = _project(ctx, order=False)         # no order needed: networkx is not imported
     except InvalidManifests as exc:
         if not as_json:
             raise

@@ -9,14 +9,14 @@ import difflib
 import gc
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Set
+from typing import Any, Callable, Mapping, Set
 
 from pydantic import BaseModel, ValidationError
 
-from atlas import manifest_file, two_cores, yamlpos
+from atlas import manifest_file, yamlpos
 from atlas.errors import InvalidManifests, ManifestProblem
 from atlas.fingerprint import handler_version
-from atlas.graph import ordered
+from atlas.graph import checked
 from atlas.handler import Handler, Params
 from atlas.manifest import Manifest, ProjectDefaults
 from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo, find_root
@@ -155,20 +155,16 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
     files = manifest_file.manifest_paths(root)
     if read_ahead is None:
         read_ahead = dict(zip(files, manifest_file.read_all(files)))
-    # networkx orders the graph the manifests declare on the other core while they are
-    # checked here; its answer is taken only if the checked manifests declare that graph
-    declared = _declared_depends(read_ahead.get(path) for path in files)
-    with two_cores.later(ordered, declared, fork=len(declared) >= two_cores.MIN_ITEMS) as ordering:
-        for path in files:
-            if not _read_manifest(path, manifests, out, read_ahead.get(path)):
-                unreadable.add(path.stem)
+    for path in files:
+        if not _read_manifest(path, manifests, out, read_ahead.get(path)):
+            unreadable.add(path.stem)
 
-        steps = _bind_handlers(manifests, registry, out, root, checked_paths)
-        wbs = defaults.wbs_index()
-        for tid, (manifest, rel, located) in manifests.items():
-            _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
-        depends = {tid: m.depends_on for tid, (m, _, _) in manifests.items()}
-        dag, cycles = ordering.result() if depends == declared else ordered(depends)
+    steps = _bind_handlers(manifests, registry, out, root, checked_paths)
+    wbs = defaults.wbs_index()
+    for tid, (manifest, rel, located) in manifests.items():
+        _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
+    # no order yet (networkx orders it when a command asks): checking needs none
+    dag, cycles = checked({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
     for cycle in cycles:
         first = cycle[0]
         manifest, rel, located = manifests[first]
@@ -179,18 +175,6 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
     if out.problems:
         raise InvalidManifests(out.problems)
     return Project(root, defaults.model_dump(mode="json"), steps, dag, defaults=defaults, parsed=len(files))
-
-
-def _declared_depends(documents: Iterable[yamlpos.Located | None]) -> dict[str, list[str]]:
-    """id -> depends_on, as the plain YAML of well-formed manifests has them."""
-    declared: dict[str, list[str]] = {}
-    for located in documents:
-        data = located.data if located is not None else None
-        if isinstance(data, dict) and isinstance(data.get("id"), str):
-            deps = data.get("depends_on", [])
-            if isinstance(deps, list) and all(type(dep) is str for dep in deps):
-                declared[data["id"]] = deps
-    return declared
 
 
 def load_changed(root: Path, known: Project, changed: Set[str], registry: Registry,
@@ -248,7 +232,7 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
     graph = known.graph
     if set(every) != set(known.steps) or any(set(m.depends_on) != set(graph.preds[t])
                                               for t, (m, _, _) in fresh.items()):
-        graph, cycles = ordered({t: graph.preds[t] for t in kept} | {t: m.depends_on for t, (m, _, _) in fresh.items()})
+        graph, cycles = checked({t: graph.preds[t] for t in kept} | {t: m.depends_on for t, (m, _, _) in fresh.items()})
         if cycles:
             return None
     project = Project(root, known.settings, {}, graph, load=known._load, parsed=len(fresh))

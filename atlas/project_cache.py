@@ -13,7 +13,9 @@ as make, ninja and DVC judge files):
 - every path param: each is resolved again, links followed, and must lead where it led.
 When only manifests changed (edited, added, removed; not tasks/project.yaml), only those
 are read again, and checked with everything that links them to the others
-(atlas.loader.load_changed); networkx orders the graph again only if a dependency changed.
+(atlas.loader.load_changed). The order of the graph is kept once a command asked for it:
+a load only checks that there is no cycle, and the first plan or run after it orders the
+graph with networkx and writes the order here.
 Anything else, or any doubt (a missing or unreadable cache, another atlas version, a
 problem in a changed manifest), is a miss: the full load runs, reports every problem as
 before, and rewrites the cache only for a valid project. Only projects whose handlers
@@ -33,9 +35,10 @@ from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo
 from atlas.resolve import resolved
 
 if TYPE_CHECKING:
+    from atlas.graph import Dag
     from atlas.registry import Registry
 
-FORMAT = 2
+FORMAT = 3                               # 3: the graph's levels may be null (not ordered yet)
 CACHE_FILE = Path(".atlas") / "cache" / "project.json"
 # A file changed less than this long ago is not trusted to a signature: a second change
 # within one tick of a coarse clock (2 s on FAT, 1 s on some network filesystems) could
@@ -44,10 +47,12 @@ RACY_NS = 2_000_000_000
 _ATLAS_DIR = Path(__file__).resolve().parent
 
 
-def open_project(root: Path, registry: "Registry | None" = None) -> Project:
+def open_project(root: Path, registry: "Registry | None" = None, order: bool = True) -> Project:
     """The project at `root`: from the cache when nothing it depends on changed; with only
     the changed manifests read again when only manifests changed; else loaded in full
-    (InvalidManifests listing every problem). A valid result is cached."""
+    (InvalidManifests listing every problem). A valid result is cached. `order`: the
+    command will ask for the graph's order, so a load has networkx order it before the
+    cache is written (False for `atlas validate`, which only needs to know it has no cycle)."""
     if registry is None:
         try:
             listing = _tasks_listing(root)  # taken before reading: a later edit is a miss next time
@@ -56,7 +61,7 @@ def open_project(root: Path, registry: "Registry | None" = None) -> Project:
         data = _read(root) if listing is not None else None
         if data is not None:
             try:
-                project = _from_cache(root, data, listing)
+                project = _from_cache(root, data, listing, order)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 project = None              # a cache of the right format, damaged: load in full
             if project is not None:
@@ -65,20 +70,20 @@ def open_project(root: Path, registry: "Registry | None" = None) -> Project:
         from atlas.loader import load_project
         return load_project(root, registry)
     # A miss: the manifests are read (on two cores, where there are many) while the loader
-    # imports pydantic and the manifest models; networkx then orders the graph in a child
-    # (atlas.loader). A hit imports none of them.
+    # imports pydantic and the manifest models (and networkx, to order). A hit imports none.
     from atlas import manifest_file
 
     try:
         files = manifest_file.manifest_paths(root)
     except OSError:
         files = []                          # the full load says what it cannot read
-    read_ahead = dict(zip(files, manifest_file.read_all(files, before=_import_loader)))
+    read_ahead = dict(zip(files, manifest_file.read_all(files, before=_import_loader_to_order if order
+                                                         else _import_loader)))
     from atlas.loader import load_project
 
     checked_paths: dict = {}
     project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead)
-    write(root, project, listing, checked_paths)
+    write(root, _ordered(project, order), listing, checked_paths)
     return project
 
 
@@ -86,16 +91,28 @@ def _import_loader() -> None:
     from atlas.loader import load_project  # noqa: F401
 
 
-def _from_cache(root: Path, data: dict, listing: dict) -> Project | None:
+def _import_loader_to_order() -> None:
+    import networkx  # noqa: F401
+
+    _import_loader()
+
+
+def _ordered(project: Project, order: bool) -> Project:
+    if order:
+        project.graph.order()           # now, so that the cache keeps the order
+    return project
+
+
+def _from_cache(root: Path, data: dict, listing: dict, order: bool = True) -> Project | None:
     changed = {name for name in listing.keys() | data["tasks"].keys() if listing.get(name) != data["tasks"].get(name)}
     if not changed:
         return _project_of(root, data) if _paths_hold(root, data["paths"].values()) else None
     if DEFAULTS_FILE in changed:
         return None                         # every manifest is checked against the defaults
-    return _reload(root, data, changed, listing)
+    return _reload(root, data, changed, listing, order)
 
 
-def _reload(root: Path, data: dict, changed: set[str], listing: dict) -> Project | None:
+def _reload(root: Path, data: dict, changed: set[str], listing: dict, order: bool) -> Project | None:
     """The cached project with the changed manifests read again (atlas.loader.load_changed);
     None when the full load must decide."""
     from atlas.loader import load_changed
@@ -110,7 +127,7 @@ def _reload(root: Path, data: dict, changed: set[str], listing: dict) -> Project
     registry = Registry()
     project = load_changed(root, known, changed, registry, checked_paths)
     if project is not None:
-        write(root, project, listing, checked_paths, registry)
+        write(root, _ordered(project, order), listing, checked_paths, registry)
     return project
 
 
@@ -158,8 +175,7 @@ def write(root: Path, project: Project, listing: dict, checked_paths: dict,
     """Keep a valid project; a cache that cannot be written is no error (a read-only
     project works without it). The handlers are the steps' own, or (for a project whose
     steps are not all loaded) the registry's classes of their names."""
-    from atlas.atomic import write_atomically
-
+    project.graph.on_ordered = None      # a graph kept from the cache read: this call decides
     recent = time.time_ns() - RACY_NS
     if any(sig is not None and sig[0] > recent for sig in listing.values()):
         return                           # written by a later call, once the manifests have settled
@@ -181,12 +197,29 @@ def write(root: Path, project: Project, listing: dict, checked_paths: dict,
             "tasks": listing, "files": code,
             "paths": {"": checked_paths.get("", []), **{task: checked_paths.get(task, []) for task in project.steps}},
             "settings": project.settings,
-            "graph": {"levels": project.graph.levels, "preds": project.graph.preds},
+            "graph": {"levels": project.graph.levels if project.graph.is_ordered else None,
+                      "preds": project.graph.preds},
             "steps": {task: [step.file, *step.info.as_row()] for task, step in project.steps.items()}}
+    _store(root, data)
+    _keep_order(root, project.graph, data)
+
+
+def _store(root: Path, data: dict) -> None:
+    from atlas.atomic import write_atomically
+
     try:
         write_atomically(root / CACHE_FILE, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     except OSError:
-        pass
+        pass                             # a read-only project works without it
+
+
+def _keep_order(root: Path, graph: "Dag", data: dict) -> None:
+    """When a command orders the graph of a cache written without its order, the cache
+    keeps the order. It is written over whatever is there: a cache that another call wrote
+    meanwhile is checked on every read like any other, so the worst that can come of it is
+    one miss."""
+    if not graph.is_ordered:
+        graph.on_ordered = lambda levels: _store(root, {**data, "graph": {**data["graph"], "levels": levels}})
 
 
 def _read(root: Path) -> dict | None:
@@ -228,8 +261,9 @@ def _project_of(root: Path, data: dict) -> Project:
 
         return load_project(root)
 
-    project = Project(root, data["settings"], {}, Dag(data["graph"]["levels"], data["graph"]["preds"]),
-                      load=load_fully)
+    graph = Dag(data["graph"]["levels"], data["graph"]["preds"])
+    _keep_order(root, graph, data)
+    project = Project(root, data["settings"], {}, graph, load=load_fully)
     project.steps = {task: Step(task, row[0], StepInfo.from_row(row[1:]), load=project.load_fully)
                      for task, row in data["steps"].items()}
     return project

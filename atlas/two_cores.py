@@ -1,16 +1,13 @@
-"""Work on two cores: `map_items` maps a pure function over a list (a forked child takes
-items from the end while this process takes them from the front, until they meet);
-`later` works out one call in a forked child while this process goes on.
+"""Map a pure function over a list on two cores: a forked child takes items from the end
+while this process takes them from the front, until they meet.
 
 A cold `atlas validate` of 2,000 manifests spends most of its time parsing YAML, one
 file after another, on one core of two. The child inherits everything already imported
 (no start-up cost) and sends back only plain results; the parent meanwhile runs
-`before` (importing networkx, which it needs next anyway) and then parses too. Where the
+`before` (importing pydantic and the manifest models) and then parses too. Where the
 two meet is settled as they go, through two counters in shared memory, so neither waits
-for the other however the work is spread. Then networkx orders the graph in a `later`
-child (importing it is a fifth of the load) while this process checks the manifests with
-pydantic. Whatever a child did not deliver (it died, was killed, sent nothing) the parent
-does itself: the result never depends on the child.
+for the other however the work is spread. Whatever the child did not deliver (it died,
+was killed, sent nothing) the parent does itself: the result never depends on the child.
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ import signal
 import struct
 import sys
 import threading
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,23 +89,16 @@ def map_items(fn: Callable[[T], R], items: Sequence[T], before: Callable[[], obj
 
 
 def _child(fn: Callable, items: Sequence, shared: mmap.mmap, read_end: int, write_end: int) -> None:
-    def work() -> dict:
+    code = 1
+    try:
+        os.close(read_end)
         done = {}
         back = len(items)
         while back > struct.unpack_from("=I", shared, _FRONT)[0]:
             back -= 1
             struct.pack_into("=I", shared, _BACK, back)
             done[back] = fn(items[back])
-        return done
-
-    _send_and_exit(work, read_end, write_end)
-
-
-def _send_and_exit(work: Callable[[], object], read_end: int, write_end: int) -> None:
-    code = 1
-    try:
-        os.close(read_end)
-        payload = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(done, protocol=pickle.HIGHEST_PROTOCOL)
         view = memoryview(payload)
         while view:
             view = view[os.write(write_end, view):]
@@ -117,63 +107,3 @@ def _send_and_exit(work: Callable[[], object], read_end: int, write_end: int) ->
         pass
     finally:
         os._exit(code)             # no atexit handlers, no flushing of the parent's buffers
-
-
-class later(Generic[R]):
-    """fn(*args), worked out in a forked child (when `fork` and this process may fork) while
-    this process goes on; `result()` waits for it, or works it out here when the child did
-    not deliver, or there is none. `fn` must be pure and its result picklable. Used as a
-    context manager: leaving it kills and reaps a child whose result was not asked for."""
-
-    def __init__(self, fn: Callable[..., R], *args: Any, fork: bool = True) -> None:
-        self._fn, self._args = fn, args
-        self._pid: int | None = None
-        self._read = -1
-        self._result: Any = _MISSING
-        if fork and _can_fork():
-            read_end, write_end = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                _send_and_exit(lambda: fn(*args), read_end, write_end)     # never returns
-            os.close(write_end)
-            self._pid, self._read = pid, read_end
-
-    def result(self) -> R:
-        if self._result is _MISSING:
-            self._result = self._delivered()
-            if self._result is _MISSING:
-                self._result = self._fn(*self._args)
-        return self._result
-
-    def _delivered(self) -> Any:
-        if self._pid is None:
-            return _MISSING
-        with os.fdopen(self._read, "rb") as pipe:
-            self._read = -1
-            payload = pipe.read()
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        if status != 0 or not payload:
-            return _MISSING
-        try:
-            return pickle.loads(payload)
-        except Exception:              # a torn payload: work it out here
-            return _MISSING
-
-    def close(self) -> None:
-        if self._read >= 0:
-            os.close(self._read)
-            self._read = -1
-        if self._pid is not None:
-            pid, self._pid = self._pid, None
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-
-    def __enter__(self) -> "later[R]":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

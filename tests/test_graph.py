@@ -124,3 +124,34 @@ def test_a_dag_keeps_what_networkx_found_and_cuts_upstream_the_same_way():
         cut, nx_cut = upstream(dag, targets), upstream(graph, targets)
         assert levels(cut) == levels(nx_cut)
         assert {v: sorted(cut.predecessors(v)) for v in cut} == {v: sorted(nx_cut.predecessors(v)) for v in nx_cut}
+
+
+def test_checked_finds_what_networkx_finds_and_orders_only_when_asked():
+    """graphlib answers "any cycle?" for a load; the cycles reported, the dependencies kept
+    and the order (worked out when first asked) are networkx's."""
+    import random
+
+    from atlas.graph import Dag, checked
+
+    rng = random.Random(11)
+    seen_cycles = 0
+    for _ in range(200):
+        n = rng.randint(1, 30)
+        # mostly backwards edges (a DAG), some forwards (cycles), self-loops, repeats and
+        # dependencies on nodes that are not in the map (left out, as build_graph does)
+        deps = {i: [rng.choice([rng.randrange(max(i, 1)), rng.randrange(n + 5)]) for _ in range(rng.randint(0, 3))]
+                for i in range(n)}
+        graph = build_graph(deps)
+        dag, cycles = checked(deps)
+        assert cycles == find_cycles(graph)
+        if cycles:
+            seen_cycles += 1
+            assert dag is None
+            continue
+        expected = Dag.of(graph)
+        assert dag.preds == expected.preds and not dag.is_ordered
+        told = []
+        dag.on_ordered = told.append
+        assert dag.levels == expected.levels and dag.is_ordered and told == [expected.levels]
+        assert dag.levels is told[0] and len(told) == 1                 # ordered once
+    assert 20 < seen_cycles < 180                                      # both kinds were tried

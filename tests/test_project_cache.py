@@ -189,7 +189,8 @@ def test_the_cli_plans_from_the_cache_as_from_a_full_load(tmp_path):
     assert json.loads(second.stdout) == json.loads(first.stdout)
     again = os.stat(root / CACHE_FILE)                        # read, not replaced
     assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
-    assert json.loads((root / CACHE_FILE).read_text())["steps"].keys() == {M, S}
+    kept = json.loads((root / CACHE_FILE).read_text())
+    assert kept["steps"].keys() == {M, S} and kept["graph"]["levels"] == json.loads(first.stdout)["levels"]
 
 
 def test_a_step_of_a_cached_project_runs_after_its_full_load(tmp_path):
@@ -206,9 +207,37 @@ def test_a_step_of_a_cached_project_runs_after_its_full_load(tmp_path):
     done = subprocess.run([*atlas, "run", "--json", "--no-report", "AG-T-C-001"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["steps"]["AG-T-C-001"]["status"] == "succeeded"
-    assert os.stat(root / CACHE_FILE).st_ino == written.st_ino       # served from the cache
+    assert json.loads((root / CACHE_FILE).read_text())["graph"]["levels"] == [["AG-T-C-001"]]  # ordered by run
+    ordered = os.stat(root / CACHE_FILE)
+    assert ordered.st_ino != written.st_ino
     again = subprocess.run([*atlas, "run", "--json", "AG-T-C-001"], capture_output=True, text=True)
     assert json.loads(again.stdout)["steps"]["AG-T-C-001"]["status"] == "up-to-date"
+    assert os.stat(root / CACHE_FILE).st_ino == ordered.st_ino       # served from the cache
+
+
+def test_validate_keeps_no_order_and_the_first_plan_orders_with_networkx_once(tmp_path):
+    """Checking needs no order (networkx is a fifth of a cold validate): the cache that
+    validate writes has none; the first plan orders the graph and the cache keeps it, so
+    the next plan imports no networkx."""
+    root = chain(tmp_path)
+    settled(root)
+    code = ("import sys; from pathlib import Path; from atlas.cli import run_cli; "
+            "sys.argv = ['atlas', '-C', sys.argv[1], *sys.argv[2:]]\n"
+            "try:\n    run_cli()\nexcept SystemExit:\n    pass\n"
+            "print('networkx' in sys.modules, file=sys.stderr)")
+
+    def atlas(*args: str) -> tuple[str, str]:
+        done = subprocess.run([sys.executable, "-c", code, str(root), *args], capture_output=True, text=True)
+        return done.stdout, done.stderr.split()[-1]
+
+    assert atlas("validate")[1] == "False"
+    assert json.loads((root / CACHE_FILE).read_text())["graph"]["levels"] is None
+    first, imported = atlas("plan", "--json")
+    assert imported == "True"
+    levels = json.loads(first)["levels"]
+    assert json.loads((root / CACHE_FILE).read_text())["graph"]["levels"] == levels
+    second, imported = atlas("plan", "--json")
+    assert imported == "False" and json.loads(second) == json.loads(first)
 
 
 def test_a_fifo_where_the_cache_goes_is_a_miss_not_a_hang(tmp_path):
