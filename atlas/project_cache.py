@@ -83,7 +83,7 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
 
     checked_paths: dict = {}
     project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead)
-    write(root, _ordered(project, order), listing, checked_paths)
+    write(root, project, listing, checked_paths, order=order)
     return project
 
 
@@ -97,13 +97,7 @@ def _import_loader_to_order() -> None:
     _import_loader()
 
 
-def _ordered(project: Project, order: bool) -> Project:
-    if order:
-        project.graph.order()           # now, so that the cache keeps the order
-    return project
-
-
-def _from_cache(root: Path, data: dict, listing: dict, order: bool = True) -> Project | None:
+def _from_cache(root: Path, data: dict, listing: dict, order: bool) -> Project | None:
     changed = {name for name in listing.keys() | data["tasks"].keys() if listing.get(name) != data["tasks"].get(name)}
     if not changed:
         return _project_of(root, data) if _paths_hold(root, data["paths"].values()) else None
@@ -127,7 +121,7 @@ def _reload(root: Path, data: dict, changed: set[str], listing: dict, order: boo
     registry = Registry()
     project = load_changed(root, known, changed, registry, checked_paths)
     if project is not None:
-        write(root, _ordered(project, order), listing, checked_paths, registry)
+        write(root, project, listing, checked_paths, registry, order=order)
     return project
 
 
@@ -171,11 +165,14 @@ def _code_signatures(handlers: set[type]) -> dict[str, list[int] | None] | None:
 
 
 def write(root: Path, project: Project, listing: dict, checked_paths: dict,
-          registry: "Registry | None" = None) -> None:
+          registry: "Registry | None" = None, order: bool = False) -> None:
     """Keep a valid project; a cache that cannot be written is no error (a read-only
     project works without it). The handlers are the steps' own, or (for a project whose
-    steps are not all loaded) the registry's classes of their names."""
+    steps are not all loaded) the registry's classes of their names. `order`: networkx
+    orders the graph first, so that the cache keeps the order."""
     project.graph.on_ordered = None      # a graph kept from the cache read: this call decides
+    if order:
+        project.graph.order()
     recent = time.time_ns() - RACY_NS
     if any(sig is not None and sig[0] > recent for sig in listing.values()):
         return                           # written by a later call, once the manifests have settled
