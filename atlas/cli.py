@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import json
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ class AtlasGroup(click.Group):
             _fail(exc)
         except AtlasError as exc:
             _fail(exc)
-        except (OSError, sqlite3.Error) as exc:
+        except Exception as exc:         # an OSError or SQLite's (sqlite3 loads only when needed)
             found = storage_error(exc)
             if found is None:
                 raise

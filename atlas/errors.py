@@ -62,12 +62,13 @@ def storage_error(exc: BaseException) -> StorageError | None:
     """The user-facing form of an OSError or SQLite error about writing the project's
     files; None for anything else (a real bug keeps its traceback)."""
     import errno
-    import sqlite3
+    import sys
 
     if isinstance(exc, OSError) and errno.errorcode.get(exc.errno or -1) in _STORAGE_ERRNOS:
         where = exc.filename or "the project's files"
         return StorageError(f"cannot write {where}: {exc.strerror}", _storage_hint(exc.errno))
-    if isinstance(exc, sqlite3.OperationalError):
+    sqlite3 = sys.modules.get("sqlite3")     # an SQLite error comes only from a loaded sqlite3
+    if sqlite3 is not None and isinstance(exc, sqlite3.OperationalError):
         text = str(exc)
         if "readonly" in text or "read-only" in text:
             return StorageError(f"cannot write the state store (.atlas/state.db): {text}",

@@ -131,8 +131,9 @@ def load_project(root: Path, registry: Registry | None = None, checked_paths: di
                  read_ahead: Mapping[Path, yamlpos.Located | None] | None = None) -> Project:
     """Load and validate tasks/; raise InvalidManifests listing every problem.
     `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
-    every path param checked. `read_ahead` holds manifests read already
-    (manifest_file.read_all), the others are read here."""
+    every path param checked. `read_ahead`: every manifest of tasks/, as the
+    caller listed it, with its YAML read already (manifest_file.read_all; None for one
+    read again here, which reports its problems)."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
     # them form cycles that need collecting before we return.
@@ -152,9 +153,11 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
     defaults = load_defaults(root, out, checked_paths)
     manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
-    files = manifest_file.manifest_paths(root)
     if read_ahead is None:
+        files = manifest_file.manifest_paths(root)
         read_ahead = dict(zip(files, manifest_file.read_all(files)))
+    else:
+        files = list(read_ahead)
     for path in files:
         if not _read_manifest(path, manifests, out, read_ahead.get(path)):
             unreadable.add(path.stem)

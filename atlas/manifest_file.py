@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from atlas import two_cores, yamlpos
 from atlas.project import DEFAULTS_FILE, TASKS_DIR
@@ -30,10 +30,17 @@ class _Count:
         self.problems += 1
 
 
-def manifest_paths(root: Path) -> list[Path]:
-    """The manifests in tasks/ (not the defaults), by name."""
-    found = [p for p in (root / TASKS_DIR).iterdir() if p.suffix in (".yaml", ".yml") and p.name != DEFAULTS_FILE]
-    return sorted(found, key=lambda p: p.name)   # as Paths of one folder sort, in a tenth of the time
+def manifest_paths(root: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """The manifests in tasks/ (not the defaults), by name; `names`: the names in tasks/
+    when the caller has listed it already (a listing of 2,000 files costs 10 ms)."""
+    folder = root / TASKS_DIR
+    if names is None:
+        with os.scandir(folder) as entries:
+            names = [entry.name for entry in entries]
+    # ".yaml" alone is a hidden file with no suffix, as pathlib sees it: not a manifest
+    found = sorted(name for name in names if name.endswith((".yaml", ".yml"))
+                   and name not in (".yaml", ".yml", DEFAULTS_FILE))
+    return [folder / name for name in found]
 
 
 def read_all(paths: list[Path], before: Callable[[], object] | None = None) -> list[yamlpos.Located | None]:

@@ -73,10 +73,7 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
     # imports pydantic and the manifest models (and networkx, to order). A hit imports none.
     from atlas import manifest_file
 
-    try:
-        files = manifest_file.manifest_paths(root)
-    except OSError:
-        files = []                          # the full load says what it cannot read
+    files = manifest_file.manifest_paths(root, listing)
     read_ahead = dict(zip(files, manifest_file.read_all(files, before=_import_loader_to_order if order
                                                          else _import_loader)))
     from atlas.loader import load_project

@@ -161,6 +161,20 @@ def test_empty_tasks_folder_is_an_empty_project(tmp_path):
     assert project.steps == {} and len(project.graph) == 0
 
 
+def test_manifest_paths_from_a_listing_are_those_found_by_listing(tmp_path):
+    from atlas import manifest_file
+
+    root = make_project(tmp_path, {"AG-DS-A-001.yml": manifest(A), fa(B): manifest(B), "notes.txt": "x\n",
+                                   ".yaml": "hidden, no suffix\n", "b.c.yaml": "a: 1\n"},
+                        defaults=HIERARCHY)                # tasks/project.yaml: not a manifest
+    (root / "tasks" / "folder.yaml").mkdir()           # listed: the loader says it is a folder
+    listed = manifest_file.manifest_paths(root)
+    assert [p.name for p in listed] == ["AG-DS-A-001.yml", fa(B), "b.c.yaml", "folder.yaml"]
+    names = [p.name for p in (root / "tasks").iterdir()]
+    assert manifest_file.manifest_paths(root, names) == listed
+    assert [p for p in listed if p.suffix in (".yaml", ".yml")] == listed    # as pathlib sees suffixes
+
+
 # --- YAML-level problems -----------------------------------------------------------------
 
 def test_bad_yaml_syntax(tmp_path):
