@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,13 @@ def test_up_to_date_steps_show_the_result_they_repeat(tmp_path):
     one = json.loads(atlas(root, "history", A, "--json").stdout)
     assert one[0]["status"] == "up-to-date" and one[0]["up_to_date_with"] == one[-1]["step_run"]
     assert one[0]["message"] == "wrote 2 chars"
+    assert one[0]["params"] == one[-1]["params"] == {"text": "hi"}          # from the result it repeats
+    # the checks keep only the fingerprint: the components and params are the success's
+    with sqlite3.connect(root / ".atlas" / "state.db") as db:
+        stored = db.execute("SELECT status, components, params, fingerprint FROM step_runs WHERE task = ?",
+                            (A,)).fetchall()
+    assert {(c, p) for status, c, p, _ in stored if status == "up-to-date"} == {("{}", "{}")}
+    assert len({f for *_, f in stored}) == 1 and json.loads(stored[0][1])["params"] == {"text": "hi"}
 
 
 def test_manual_step_waits_until_done_with_evidence(tmp_path):
