@@ -151,7 +151,7 @@ def test_up_to_date_steps_show_the_result_they_repeat(tmp_path):
     assert one[0]["params"] == one[-1]["params"] == {"text": "hi"}          # from the result it repeats
     # the checks keep only the fingerprint: the components and params are the success's
     with sqlite3.connect(root / ".atlas" / "state.db") as db:
-        stored = db.execute("SELECT status, components, params, fingerprint FROM step_runs WHERE task = ?",
+        stored = db.execute("SELECT status, components, params, fingerprint FROM step_runs WHERE task = ? ORDER BY id",
                             (A,)).fetchall()
     assert {(c, p) for status, c, p, _ in stored if status == "up-to-date"} == {("{}", "{}")}
     assert len({f for *_, f in stored}) == 1 and json.loads(stored[0][1])["params"] == {"text": "hi"}
