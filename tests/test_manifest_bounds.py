@@ -211,6 +211,24 @@ def test_a_file_that_grows_while_read_is_cut_at_the_limit(tmp_path, monkeypatch)
         f"tasks/{B}.yaml:1:1: manifest is over 256 KB (it grew while being read); the limit is 256 KB")
 
 
+def test_a_file_longer_than_stat_said_is_read_to_its_end(tmp_path, monkeypatch):
+    # the first read asks for stat()'s size plus one byte; the rest must still be read
+    text = HEADER + "#" * 40_000 + "\nparams: {text: 1}\n"
+    root = hostile(tmp_path, text)
+    target = str(root / "tasks" / f"{B}.yaml")
+    real_stat = os.stat
+
+    def small_stat(path, *args, **kwargs):
+        info = real_stat(path, *args, **kwargs)
+        if os.fspath(path) != target:
+            return info
+        return os.stat_result((*info[:6], 10, *info[7:10]))
+
+    monkeypatch.setattr(loader.os, "stat", small_stat)
+    problem = only_problem(root)          # text: 1 is not a string: seen only if read whole
+    assert problem.startswith(f"tasks/{B}.yaml:{text.count(chr(10))}:"), problem
+
+
 @pytest.fixture
 def unblock():
     """Should a FIFO ever be opened, a writer comes after 5 s: the test fails, never hangs."""
