@@ -512,7 +512,8 @@ def peers_block(src: Sources) -> str:
                          if isinstance(tools.get(name), dict))
     caps = run.get("settings", {}).get("run_steps_cap") or {}
     settings = need(run, "settings", file=rel)
-    intro = (f"`benchmarks/peers.py` ({run['machine'].get('cpu_count', '?')}-core VM, {run['date'][:10]}; `{rel}`): "
+    cpu = f", {run['machine']['cpu_model']}" if run["machine"].get("cpu_model") else ""
+    intro = (f"`benchmarks/peers.py` ({run['machine'].get('cpu_count', '?')}-core VM{cpu}, {run['date'][:10]}; `{rel}`): "
              f"the same pipelines (step i reads steps i-1 and i//2) in atlas, {versions}; each step its own "
              f"process in every tool; medians of {settings['repeats']} interleaved repeats of the whole CLI call, "
              f"bytecode cached for every tool alike. The last column is atlas's time over the faster peer's "
