@@ -127,27 +127,71 @@ def _context(root: Path, checked_paths: dict | None, task: str) -> dict:
     return {"project_root": root, "checked_paths": found}
 
 
+class Prechecks:
+    """The checks of a manifest that need no other manifest (its model, its handler's
+    params, its step info), made as each one's YAML comes in (atlas.two_cores hands them
+    over while the rest are still being read): the full load then only puts the results
+    together, in file order, and reports their problems as it always does."""
+
+    def __init__(self, root: Path, registry: Registry | None = None) -> None:
+        self.root = root
+        self.registry = registry if registry is not None else Registry()
+        self.manifests: dict[str, Manifest | ValidationError] = {}       # by rel
+        # rel -> (manifest, handler, params or their error, paths checked, step info)
+        self.bound: dict[str, tuple] = {}
+
+    def add(self, path: Path, located: yamlpos.Located | None) -> None:
+        if located is None:
+            return                             # the load reads it again and reports why
+        rel = f"{TASKS_DIR}/{path.name}"
+        try:
+            manifest = Manifest.model_validate(located.data)
+        except ValidationError as exc:
+            self.manifests[rel] = exc
+            return
+        self.manifests[rel] = manifest
+        if manifest.handler not in self.registry:
+            return
+        try:
+            handler = self.registry.load(manifest.handler)
+        except HandlerLoadError:
+            return                             # reported by the load, at its place
+        found: list = []                       # the paths checked, for checked_paths
+        try:
+            params = handler.Params.model_validate(manifest.params,
+                                                   context={"project_root": self.root, "checked_paths": found})
+        except ValidationError as exc:
+            self.bound[rel] = (manifest, handler, exc, found, None)
+            return
+        self.bound[rel] = (manifest, handler, params, found, step_info(manifest, handler, params))
+
+
 def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None,
-                 read_ahead: Mapping[Path, yamlpos.Located | None] | None = None) -> Project:
+                 read_ahead: Mapping[Path, yamlpos.Located | None] | None = None,
+                 prechecked: Prechecks | None = None) -> Project:
     """Load and validate tasks/; raise InvalidManifests listing every problem.
     `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
     every path param checked. `read_ahead`: every manifest of tasks/, as the
     caller listed it, with its YAML read already (manifest_file.read_all; None for one
-    read again here, which reports its problems)."""
+    read again here, which reports its problems). `prechecked`: the checks of each of
+    them alone, made already (its registry is the one used)."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
     # them form cycles that need collecting before we return.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_project(root, registry, checked_paths, read_ahead)
+        return _load_project(root, registry, checked_paths, read_ahead, prechecked)
     finally:
         if enabled:
             gc.enable()
 
 
 def _load_project(root: Path, registry: Registry | None, checked_paths: dict | None,
-                  read_ahead: Mapping[Path, yamlpos.Located | None] | None) -> Project:
+                  read_ahead: Mapping[Path, yamlpos.Located | None] | None,
+                  prechecked: Prechecks | None = None) -> Project:
+    if prechecked is not None:
+        registry = prechecked.registry
     registry = registry if registry is not None else Registry()
     out = _Collector()
     defaults = load_defaults(root, out, checked_paths)
@@ -158,11 +202,12 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
         read_ahead = dict(zip(files, manifest_file.read_all(files)))
     else:
         files = list(read_ahead)
+    validated = prechecked.manifests if prechecked is not None else {}
     for path in files:
-        if not _read_manifest(path, manifests, out, read_ahead.get(path)):
+        if not _read_manifest(path, manifests, out, read_ahead.get(path), validated):
             unreadable.add(path.stem)
 
-    steps = _bind_handlers(manifests, registry, out, root, checked_paths)
+    steps = _bind_handlers(manifests, registry, out, root, checked_paths, prechecked)
     wbs = defaults.wbs_index()
     for tid, (manifest, rel, located) in manifests.items():
         _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
@@ -245,17 +290,23 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
     return project
 
 
-def _read_manifest(path: Path, manifests: dict, out: _Collector, located: yamlpos.Located | None = None) -> bool:
+def _read_manifest(path: Path, manifests: dict, out: _Collector, located: yamlpos.Located | None = None,
+                   validated: Mapping[str, Manifest | ValidationError] | None = None) -> bool:
     """Read (unless `located` is its YAML already) and check one manifest into `manifests`
     (id -> (manifest, rel, located)). False when it could not be read or validated (its
-    problems are in `out`)."""
+    problems are in `out`). `validated`: models (or their errors) of `located` made
+    already, by rel."""
     rel = f"{TASKS_DIR}/{path.name}"
     if located is None:
         located = manifest_file.read(path, rel, out)
+        validated = None                             # read just now: nothing checked of it yet
     if located is None:
         return False
+    found = validated.get(rel) if validated else None
     try:
-        manifest = Manifest.model_validate(located.data)
+        if isinstance(found, ValidationError):
+            raise found
+        manifest = found if found is not None else Manifest.model_validate(located.data)
     except ValidationError as exc:
         out.pydantic(rel, located, exc, model=Manifest)
         return False
@@ -285,9 +336,19 @@ def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> Ste
 
 
 def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: Path,
-                   checked_paths: dict | None = None) -> dict[str, Step]:
+                   checked_paths: dict | None = None, prechecked: Prechecks | None = None) -> dict[str, Step]:
     steps: dict[str, Step] = {}
     for tid, (manifest, rel, located) in manifests.items():
+        bound = prechecked.bound.get(rel) if prechecked is not None else None
+        if bound is not None and bound[0] is manifest:
+            _, handler, params, found, info = bound
+            if checked_paths is not None:
+                checked_paths.setdefault(tid, []).extend(found)
+            if isinstance(params, ValidationError):
+                out.pydantic(rel, located, params, prefix=("params",), model=handler.Params)
+            else:
+                steps[tid] = Step(tid, rel, info, loaded=(manifest, handler, params))
+            continue
         if manifest.handler not in registry:
             hint = _suggest(manifest.handler, registry.names()) or f" (known: {', '.join(registry.names())})"
             out.add(rel, located.where(("handler",)), f"unknown handler {manifest.handler!r}{hint}", ("handler",))

@@ -43,10 +43,12 @@ def manifest_paths(root: Path, names: Iterable[str] | None = None) -> list[Path]
     return [folder / name for name in found]
 
 
-def read_all(paths: list[Path], before: Callable[[], object] | None = None) -> list[yamlpos.Located | None]:
+def read_all(paths: list[Path], before: Callable[[], object] | None = None,
+             then: Callable[[int, yamlpos.Located | None], object] | None = None) -> list[yamlpos.Located | None]:
     """Each manifest's YAML, None for one with a problem (reading it again with `read`
-    reports it); on two cores where there are many, `before` run meanwhile."""
-    return two_cores.map_items(_read_cleanly, paths, before=before)
+    reports it); on two cores where there are many, `before` run meanwhile, and
+    `then(index, yaml)` for each one as it comes in (see two_cores.map_items)."""
+    return two_cores.map_items(_read_cleanly, paths, before=before, then=then)
 
 
 def _read_at_most(fd: int, expected: int, limit: int) -> bytes:

@@ -70,16 +70,25 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
         from atlas.loader import load_project
         return load_project(root, registry)
     # A miss: the manifests are read (on two cores, where there are many) while the loader
-    # imports pydantic and the manifest models (and networkx, to order). A hit imports none.
+    # imports pydantic and the manifest models (and networkx, to order), then checks each
+    # one alone as it comes in while the rest are read. A hit imports none of these.
     from atlas import manifest_file
 
     files = manifest_file.manifest_paths(root, listing)
-    read_ahead = dict(zip(files, manifest_file.read_all(files, before=_import_loader_to_order if order
-                                                         else _import_loader)))
+    prechecks: list = []
+
+    def import_loader() -> None:
+        _import_loader_to_order() if order else _import_loader()
+        from atlas.loader import Prechecks
+
+        prechecks.append(Prechecks(root))
+
+    read_ahead = dict(zip(files, manifest_file.read_all(
+        files, before=import_loader, then=lambda index, located: prechecks[0].add(files[index], located))))
     from atlas.loader import load_project
 
     checked_paths: dict = {}
-    project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead)
+    project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead, prechecked=prechecks[0])
     write(root, project, listing, checked_paths, order=order)
     return project
 

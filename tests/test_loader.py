@@ -806,6 +806,49 @@ def test_many_manifests_report_a_cycle_alike_on_two_cores_and_on_one(tmp_path, m
     assert len(on_two) == 1 and "tasks/AG-DS-N0005-001.yaml:6:" in on_two[0] and "dependency cycle" in on_two[0]
 
 
+def load_plain_and_prechecked(root: Path) -> tuple:
+    """The load as tests make it, and as a cold `atlas validate` makes it: each manifest
+    checked alone as its YAML comes in (loader.Prechecks), then put together."""
+    from atlas import manifest_file
+    from atlas.loader import Prechecks
+
+    def outcome(prechecked: bool):
+        checked_paths: dict = {}
+        try:
+            if prechecked:
+                files = manifest_file.manifest_paths(root)
+                pre = Prechecks(root, REGISTRY)
+                read = manifest_file.read_all(files, then=lambda i, located: pre.add(files[i], located))
+                project = load_project(root, checked_paths=checked_paths, read_ahead=dict(zip(files, read)),
+                                       prechecked=pre)
+            else:
+                project = load_project(root, REGISTRY, checked_paths=checked_paths)
+        except InvalidManifests as exc:
+            return [str(p) for p in exc.problems], checked_paths
+        return [(s.id, s.info, s.handler, project.graph.preds[s.id]) for s in project.steps.values()], checked_paths
+
+    return outcome(False), outcome(True)
+
+
+def test_many_manifests_load_alike_checked_one_by_one_as_they_come(tmp_path):
+    plain, prechecked = load_plain_and_prechecked(many(tmp_path, broken=False))
+    assert plain == prechecked and len(plain[0]) == 3 * 128
+
+
+def test_many_manifests_report_alike_checked_one_by_one_as_they_come(tmp_path):
+    root = many(tmp_path, broken=True)
+    tasks = root / "tasks"
+    # what only the put-together load can tell: an id in two files, a handler not known
+    (tasks / fa("AG-DS-N0100-001")).write_text(manifest("AG-DS-N0101-001"))
+    (tasks / fa("AG-DS-N0300-001")).write_text(manifest("AG-DS-N0300-001", handler="trian"))
+    plain, prechecked = load_plain_and_prechecked(root)
+    assert plain == prechecked
+    problems = plain[0]
+    assert any("does not match the file name" in p for p in problems), problems
+    assert any("unknown handler 'trian'" in p for p in problems), problems
+    assert any(p.startswith("tasks/AG-DS-N0001-001.yaml:8:18") for p in problems), problems
+
+
 def test_loading_checks_for_cycles_without_networkx_which_orders_when_asked(tmp_path):
     """Importing networkx is a fifth of a cold `atlas validate`, which needs no order."""
     import subprocess

@@ -60,6 +60,37 @@ def test_the_result_is_the_plain_map_and_both_processes_did_part_of_it(forked):
     assert reaped(forked)
 
 
+def test_each_result_is_handed_over_here_once_as_it_comes_in(forked):
+    parent = os.getpid()
+    handed: list[tuple[int, tuple[int, int], int]] = []
+    before_done = []
+    results = two_cores.map_items(with_pid, ITEMS, before=lambda: before_done.append(len(handed)),
+                                  then=lambda index, result: handed.append((index, result, os.getpid())))
+    assert before_done == [0]                            # nothing handed over before `before`
+    assert sorted(index for index, _, _ in handed) == list(range(len(ITEMS)))
+    assert all(results[index] == result and pid == parent for index, result, pid in handed)
+    assert {pid for _, (_, pid), _ in handed} == {parent, next(pid for _, pid in results if pid != parent)}
+    assert reaped(forked)
+
+
+def test_results_handed_over_are_those_of_the_plain_map_when_the_child_dies(forked):
+    parent = os.getpid()
+
+    def dies_after_a_few_batches(item: int) -> int:
+        if os.getpid() != parent and item < len(ITEMS) - 2 * two_cores.BATCH - 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if os.getpid() == parent:
+            time.sleep(0.001)
+        return item * 3
+
+    handed: dict[int, int] = {}
+    results = two_cores.map_items(dies_after_a_few_batches, ITEMS,
+                                  then=lambda index, result: handed.setdefault(index, result))
+    assert results == [item * 3 for item in ITEMS]
+    assert handed == dict(enumerate(results))
+    assert reaped(forked)
+
+
 def test_few_items_are_mapped_here(forked):
     results = two_cores.map_items(with_pid, ITEMS[:two_cores.MIN_ITEMS - 1])
     assert {pid for _, pid in results} == {os.getpid()}
