@@ -89,7 +89,8 @@ class _BoundedSafeLoader(yaml.SafeLoader):
     loaders end the same way."""
 
     def fetch_flow_collection_start(self, TokenClass: type) -> None:
-        if self.flow_level >= MAX_DEPTH:
+        # the block collections around it count too, as they do for the C loader's bound
+        if self.flow_level + len(self.indents) >= MAX_DEPTH:
             raise yaml.scanner.ScannerError(None, None, _LIBYAML_DEPTH, self.get_mark())
         super().fetch_flow_collection_start(TokenClass)
 
@@ -101,6 +102,37 @@ class _BoundedSafeLoader(yaml.SafeLoader):
 
 # libyaml's composer when available: 5-10x faster on big projects, same marks.
 _LOADER = getattr(yaml, "CSafeLoader", _BoundedSafeLoader)
+# PyYAML's C composer recurses once per level. libyaml 0.2.6 stops at 1,000 levels; an
+# older one (0.2.5, as some distributions build PyYAML) lets it recurse until the C stack
+# runs out: 100,000 `[` killed Python 3.12 with SIGSEGV. There, a text that may nest that
+# deep goes to the bounded pure-Python loader instead.
+_LIBYAML_LEVELS = 1_000
+
+
+def _libyaml_bounds_nesting() -> bool:
+    try:
+        from yaml import _yaml
+
+        return tuple(_yaml.get_version()) >= (0, 2, 6)
+    except (ImportError, AttributeError, TypeError):
+        return _LOADER is _BoundedSafeLoader          # no libyaml at all: nothing to bound
+
+
+_BOUNDED_BY_LIBYAML = _libyaml_bounds_nesting()
+
+
+def _nesting_bound(text: str) -> int:
+    """More levels than `text` can nest: one per `[` or `{`, and two per column of its
+    longest line (a block collection starts right of its parent's, or at the same column
+    for a list under a key)."""
+    longest = max(map(len, text.split("\n")), default=0)
+    return text.count("[") + text.count("{") + 2 * (longest + 1)
+
+
+def _loader_for(text: str) -> type:
+    if _BOUNDED_BY_LIBYAML or _LOADER is _BoundedSafeLoader or _nesting_bound(text) < _LIBYAML_LEVELS:
+        return _LOADER
+    return _BoundedSafeLoader
 
 
 def _position(text: str, index: int) -> tuple[int, int]:
@@ -127,7 +159,7 @@ def _load_located(text: str) -> Located:
 
 
 def _compose(text: str) -> yaml.Node | None:
-    loader = _LOADER(text)
+    loader = _loader_for(text)(text)
     try:
         return loader.get_single_node()
     except yaml.MarkedYAMLError as exc:

@@ -144,6 +144,20 @@ def test_deep_flow_nesting(tmp_path, n):
         assert re.match(rf"tasks/{B}\.yaml:6:\d+: {DEEP}$", line), line
 
 
+@pytest.mark.skipif(not hasattr(yaml, "CSafeLoader"), reason="PyYAML without libyaml: always the bounded loader")
+def test_with_a_libyaml_that_does_not_bound_nesting_deep_text_goes_to_the_bounded_loader(tmp_path, monkeypatch):
+    """libyaml before 0.2.6 lets PyYAML's C composer recurse until the C stack runs out
+    (100,000 `[` ended Python 3.12 with SIGSEGV): text that may nest that deep is read by
+    the pure-Python loader, which stops at MAX_DEPTH."""
+    monkeypatch.setattr(yamlpos, "_BOUNDED_BY_LIBYAML", False)
+    deep = HEADER + "p: " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert yamlpos._loader_for(deep) is yamlpos._BoundedSafeLoader
+    assert yamlpos._loader_for(HEADER + "params: {text: hi}\n") is yaml.CSafeLoader
+    long_line = HEADER + "title_en: " + "x" * 600 + "\n"           # 2 levels a column: may nest 1,200 deep
+    assert yamlpos._loader_for(long_line) is yamlpos._BoundedSafeLoader
+    assert only_problem(hostile(tmp_path, deep)) == f"tasks/{B}.yaml:6:{3 + MAX_DEPTH}: {DEEP}"
+
+
 def test_nesting_just_inside_the_bound_is_fine(tmp_path):
     n = MAX_DEPTH - 1                                   # the top mapping is level 1
     root = project(tmp_path)
