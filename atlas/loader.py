@@ -156,10 +156,11 @@ class Prechecks:
             handler = self.registry.load(manifest.handler)
         except HandlerLoadError:
             return                             # reported by the load, at its place
-        found: list = []                       # the paths checked, for checked_paths
+        checked: dict = {}                     # the paths checked, handed to checked_paths by the load
+        context = _context(self.root, checked, manifest.id)
+        found = checked[manifest.id]
         try:
-            params = handler.Params.model_validate(manifest.params,
-                                                   context={"project_root": self.root, "checked_paths": found})
+            params = handler.Params.model_validate(manifest.params, context=context)
         except ValidationError as exc:
             self.bound[rel] = (manifest, handler, exc, found, None)
             return
