@@ -200,7 +200,7 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
     if read_ahead is None:
         files = manifest_file.manifest_paths(root)
-        read_ahead = dict(zip(files, manifest_file.read_all(files)))
+        read_ahead = {path: located for path, (_, located) in zip(files, manifest_file.read_all(files))}
     else:
         files = list(read_ahead)
     validated = prechecked.manifests if prechecked is not None else {}
@@ -210,8 +210,9 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
 
     steps = _bind_handlers(manifests, registry, out, root, checked_paths, prechecked)
     wbs = defaults.wbs_index()
+    handler_of = _handler_in(steps)
     for tid, (manifest, rel, located) in manifests.items():
-        _check_links(tid, manifest, rel, located, manifests, wbs, _handler_in(steps), out, unreadable)
+        _check_links(tid, manifest, rel, located, manifests, wbs, handler_of, out, unreadable)
     # no order yet (networkx orders it when a command asks): checking needs none
     dag, cycles = checked({tid: m.depends_on for tid, (m, _, _) in manifests.items()})
     for cycle in cycles:
@@ -323,7 +324,7 @@ def _read_manifest(path: Path, manifests: dict, out: _Collector, located: yamlpo
 
 
 def _handler_in(steps: dict[str, Step]) -> Callable[[str], type[Handler] | None]:
-    return lambda task: steps[task].handler if task in steps else None
+    return {task: step.handler for task, step in steps.items()}.get
 
 
 def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> StepInfo:

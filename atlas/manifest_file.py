@@ -8,14 +8,19 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, List, Optional, Protocol, Tuple
 
-from atlas import two_cores, yamlpos
+from atlas import signature, two_cores, yamlpos
 from atlas.project import DEFAULTS_FILE, TASKS_DIR
 
 # A manifest is one or two KB, and tasks/project.yaml with the hierarchy of 12 tasks is 8 KB:
 # the bound stops a runaway file (or a link to /dev/zero) long before it costs anything.
 MAX_MANIFEST_BYTES = 256 * 1024
+
+
+# what reading one manifest found: the signature of the stat() its read was checked by
+# (atlas.signature; None when that failed) and its YAML (None when it has a problem)
+Read = Tuple[Optional[List[int]], Optional[yamlpos.Located]]
 
 
 class Problems(Protocol):
@@ -44,10 +49,12 @@ def manifest_paths(root: Path, names: Iterable[str] | None = None) -> list[Path]
 
 
 def read_all(paths: list[Path], before: Callable[[], object] | None = None,
-             then: Callable[[int, yamlpos.Located | None], object] | None = None) -> list[yamlpos.Located | None]:
-    """Each manifest's YAML, None for one with a problem (reading it again with `read`
-    reports it); on two cores where there are many, `before` run meanwhile, and
-    `then(index, yaml)` for each one as it comes in (see two_cores.map_items)."""
+             then: Callable[[int, Read], object] | None = None) -> list[Read]:
+    """Each manifest's signature and YAML (see Read; reading one with a problem again
+    with `read` reports it); on two cores where there are many, `before` run meanwhile,
+    and `then(index, read)` for each one as it comes in (see two_cores.map_items). The
+    signature is taken before the file is opened, as the project cache needs: a later
+    edit makes it differ."""
     return two_cores.map_items(_read_cleanly, paths, before=before, then=then)
 
 
@@ -69,18 +76,23 @@ def _read_at_most(fd: int, expected: int, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _read_cleanly(path: Path) -> yamlpos.Located | None:
+def _read_cleanly(path: Path) -> Read:
     count = _Count()
-    located = read(path, f"{TASKS_DIR}/{path.name}", count)
-    return None if count.problems else located
+    info, located = _read(path, f"{TASKS_DIR}/{path.name}", count)
+    return (None if info is None else signature.of_stat(info)), (None if count.problems else located)
 
 
 def read(path: Path, rel: str, out: Problems) -> yamlpos.Located | None:
     """The YAML of the manifest at `path` (`rel` in messages); None when it cannot be
     read, its problems added to `out`."""
+    return _read(path, rel, out)[1]
+
+
+def _read(path: Path, rel: str, out: Problems) -> tuple[os.stat_result | None, yamlpos.Located | None]:
     # Only a regular file, and at most MAX_MANIFEST_BYTES + 1 bytes of it. stat() follows
     # links as open() would; a FIFO is never opened (that blocks until a writer comes).
     data = b""
+    info = None
     try:
         info = os.stat(path)
         mode = info.st_mode
@@ -89,41 +101,41 @@ def read(path: Path, rel: str, out: Problems) -> yamlpos.Located | None:
                     else "a socket" if stat.S_ISSOCK(mode) else "a character device" if stat.S_ISCHR(mode)
                     else "a block device" if stat.S_ISBLK(mode) else "a special file")
             out.add(rel, (1, 1), f"not a regular file ({kind})")
-            return None
+            return info, None
         if info.st_size <= MAX_MANIFEST_BYTES:
             # O_NONBLOCK: should the path become a FIFO after stat(), open() still returns
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     out.add(rel, (1, 1), "not a regular file (it was replaced while being read)")
-                    return None
+                    return info, None
                 data = _read_at_most(fd, info.st_size, MAX_MANIFEST_BYTES + 1)
             finally:
                 os.close(fd)
     except OSError as exc:
         out.add(rel, (1, 1), f"cannot read the file: {exc.strerror or exc}")
-        return None
+        return info, None
     limit_kb = MAX_MANIFEST_BYTES // 1024
     if info.st_size > MAX_MANIFEST_BYTES:
         out.add(rel, (1, 1), f"manifest is {-(-info.st_size // 1024):,} KB; the limit is {limit_kb} KB")
-        return None
+        return info, None
     if len(data) > MAX_MANIFEST_BYTES:
         out.add(rel, (1, 1), f"manifest is over {limit_kb} KB (it grew while being read); "
                 f"the limit is {limit_kb} KB")
-        return None
+        return info, None
     try:
         # newlines translated as read_text() does (\r\n and \r become \n)
         text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
         located = yamlpos.load(text)
     except UnicodeDecodeError as exc:
         out.add(rel, (1, 1), f"not UTF-8 text: {exc.reason}")
-        return None
+        return info, None
     except yamlpos.YamlSyntaxError as exc:
         out.add(rel, (exc.line, exc.col), exc.message)
-        return None
+        return info, None
     for dup_path, pos in located.duplicates:
         out.add(rel, pos, f"duplicate key {dup_path[-1]!r}", dup_path)
     if not isinstance(located.data, dict):
         out.add(rel, (1, 1), "a manifest must be a YAML mapping (key: value lines)")
-        return None
-    return located
+        return info, None
+    return info, located

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atlas import __version__
+from atlas import __version__, signature
 from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo
 from atlas.resolve import resolved
 
@@ -54,12 +54,14 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
     command will ask for the graph's order, so a load has networkx order it before the
     cache is written (False for `atlas validate`, which only needs to know it has no cycle)."""
     if registry is None:
+        data = _read(root)                  # None: no cache, or not one for this atlas and code
         try:
-            listing = _tasks_listing(root)  # taken before reading: a later edit is a miss next time
+            # a hit compares every manifest's signature, taken before anything is read (a
+            # later edit is a miss next time); without a cache, each read takes its own
+            listing = _tasks_listing(root, signed=data is not None)
         except OSError:
             listing = None                  # the full load says what it cannot read
-        data = _read(root) if listing is not None else None
-        if data is not None:
+        if data is not None and listing is not None:
             try:
                 project = _from_cache(root, data, listing, order)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
@@ -83,11 +85,18 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
 
         prechecks.append(Prechecks(root))
 
-    read_ahead = dict(zip(files, manifest_file.read_all(
-        files, before=import_loader, then=lambda index, located: prechecks[0].add(files[index], located))))
+    reads = manifest_file.read_all(files, before=import_loader,
+                                   then=lambda index, read: prechecks[0].add(files[index], read[1]))
+    for path, (sig, _) in zip(files, reads):
+        if listing[path.name] is None:
+            listing[path.name] = sig
+    for name, sig in listing.items():
+        if sig is None:                     # the defaults, names no manifest has: before the load reads them
+            listing[name] = signature.of_path(root / TASKS_DIR / name)
     from atlas.loader import load_project
 
     checked_paths: dict = {}
+    read_ahead = {path: located for path, (_, located) in zip(files, reads)}
     project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead, prechecked=prechecks[0])
     write(root, project, listing, checked_paths, order=order)
     return project
@@ -131,27 +140,20 @@ def _reload(root: Path, data: dict, changed: set[str], listing: dict, order: boo
     return project
 
 
-def _signature(path: Path | str) -> list[int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return [info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino]
-
-
-def _tasks_listing(root: Path) -> dict[str, list[int] | None]:
+def _tasks_listing(root: Path, signed: bool = True) -> dict[str, list[int] | None]:
+    """The YAML files in tasks/, with their signatures (None for each when not `signed`)."""
     listing: dict[str, list[int] | None] = {}
     with os.scandir(root / TASKS_DIR) as entries:
         for entry in entries:
             if entry.name.endswith((".yaml", ".yml")):
-                listing[entry.name] = _signature(entry.path)     # links followed, as the loader reads
+                listing[entry.name] = signature.of_path(entry.path) if signed else None
     return listing
 
 
 def _import_path() -> list[list]:
     # sys.path[0] is left out: it is the script's folder under `atlas`, the current one
     # under `python -m atlas`, and the two should share one cache
-    return [[p, _signature(p or ".")] for p in sys.path[1:]]
+    return [[p, signature.of_path(p or ".")] for p in sys.path[1:]]
 
 
 def _code_signatures(handlers: set[type]) -> dict[str, list[int] | None] | None:
@@ -167,7 +169,7 @@ def _code_signatures(handlers: set[type]) -> dict[str, list[int] | None] | None:
                 return None
             files.add(file)
     folders = {f.parent for f in files}
-    return {str(p): _signature(p) for p in sorted(files | folders)}
+    return {str(p): signature.of_path(p) for p in sorted(files | folders)}
 
 
 def write(root: Path, project: Project, listing: dict, checked_paths: dict,
@@ -211,7 +213,9 @@ def _store(root: Path, data: dict) -> None:
     from atlas.atomic import write_atomically
 
     try:
-        write_atomically(root / CACHE_FILE, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+        # ASCII with escapes: C encodes and decodes it a third faster than UTF-8 text, and
+        # nothing in it can refer back to itself (no check for circular references)
+        write_atomically(root / CACHE_FILE, json.dumps(data, separators=(",", ":"), check_circular=False))
     except OSError:
         pass                             # a read-only project works without it
 
@@ -239,7 +243,7 @@ def _read(root: Path) -> dict | None:
             return None
         if data["import_path"] != _import_path():
             return None
-        if any(_signature(path) != sig for path, sig in data["files"].items()):
+        if any(signature.of_path(path) != sig for path, sig in data["files"].items()):
             return None
         if not (isinstance(data["tasks"], dict) and isinstance(data["paths"], dict) and "" in data["paths"]):
             return None

@@ -5,9 +5,11 @@
 #   bash benchmarks/gpu_cache_check.sh chain   # install, validate (cache), atlas run AG-DS-TRTTEST-001,
 #                                              # one manifest edited: validate, plan, no-op run
 #   bash benchmarks/gpu_cache_check.sh tests   # pytest -m gpu
+#   bash benchmarks/gpu_cache_check.sh cpu     # the CPU tests of loading manifests (two cores,
+#                                              # YAML bounds, fuzzing) on that machine's Python and PyYAML
 # Everything lands in $OUT.
 set -uo pipefail
-PHASE=${1:?phase: chain | tests}
+PHASE=${1:?phase: chain | tests | cpu}
 OUT=${OUT:-/tmp/atlas-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
@@ -45,6 +47,17 @@ tests)
     timeout 560 python3 -m pytest -m gpu -q -p no:cacheprovider -rs tests > "$OUT/pytest-gpu.txt" 2>&1
     echo "pytest exit $?" >> "$OUT/pytest-gpu.txt"
     tail -30 "$OUT/pytest-gpu.txt"
+    ;;
+cpu)
+    python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/site . || exit 1
+    python3 -c "import sys, yaml; from yaml import _yaml; print('Python', sys.version.split()[0], '| PyYAML', \
+yaml.__version__, '| libyaml', _yaml.get_version_string(), '| CPUs', len(__import__('os').sched_getaffinity(0)))" \
+        > "$OUT/pytest-cpu-loading.txt" 2>&1
+    timeout 540 python3 -m pytest -q -p no:cacheprovider -rs tests/test_two_cores.py tests/test_yamlpos.py \
+        tests/test_manifest_bounds.py tests/test_loader.py tests/test_validate_fuzz.py tests/test_project_cache.py \
+        tests/test_faults.py >> "$OUT/pytest-cpu-loading.txt" 2>&1
+    echo "pytest exit $?" >> "$OUT/pytest-cpu-loading.txt"
+    tail -30 "$OUT/pytest-cpu-loading.txt"
     ;;
 *) echo "unknown phase $PHASE" >&2; exit 2 ;;
 esac

@@ -127,7 +127,7 @@ def test_a_dag_keeps_what_networkx_found_and_cuts_upstream_the_same_way():
 
 
 def test_checked_finds_what_networkx_finds_and_orders_only_when_asked():
-    """graphlib answers "any cycle?" for a load; the cycles reported, the dependencies kept
+    """Kahn's algorithm answers "any cycle?" for a load; the cycles reported, the dependencies kept
     and the order (worked out when first asked) are networkx's."""
     import random
 

@@ -818,8 +818,9 @@ def load_plain_and_prechecked(root: Path) -> tuple:
             if prechecked:
                 files = manifest_file.manifest_paths(root)
                 pre = Prechecks(root, REGISTRY)
-                read = manifest_file.read_all(files, then=lambda i, located: pre.add(files[i], located))
-                project = load_project(root, checked_paths=checked_paths, read_ahead=dict(zip(files, read)),
+                read = manifest_file.read_all(files, then=lambda i, found: pre.add(files[i], found[1]))
+                project = load_project(root, checked_paths=checked_paths,
+                                       read_ahead={f: located for f, (_, located) in zip(files, read)},
                                        prechecked=pre)
             else:
                 project = load_project(root, REGISTRY, checked_paths=checked_paths)

@@ -104,6 +104,44 @@ def test_any_change_in_tasks_is_seen(tmp_path, change):
     assert (seen.graph.levels, seen.graph.preds) == (full.graph.levels, full.graph.preds)
 
 
+@pytest.mark.parametrize("steps", [2, 160])          # 160: read on two cores (two_cores.MIN_ITEMS)
+def test_a_load_without_a_cache_keeps_each_file_as_a_listing_signs_it(tmp_path, steps):
+    """With no cache to compare, the listing is not stat()ed up front: each manifest's
+    signature is the stat its read was checked by. The cache must hold what a listing
+    would, for every YAML file in tasks/ (the defaults too)."""
+    tasks = [task(f"AG-T-N{i:03d}-001", "manual") for i in range(steps)]
+    root = write_project(tmp_path / "p", *tasks)
+    settled(root)
+    open_project(root)
+    kept = json.loads((root / CACHE_FILE).read_text())["tasks"]
+    assert kept == project_cache._tasks_listing(root) and len(kept) == steps + 1
+    assert all(isinstance(sig, list) and len(sig) == 4 for sig in kept.values())
+    assert from_cache(root)
+
+
+def test_a_manifest_edited_after_its_read_is_a_miss_next_time(tmp_path, monkeypatch):
+    """The signature is taken before the file is read: an edit made while the load goes on
+    (here, right after the read) leaves a signature that no longer matches."""
+    from atlas import manifest_file
+
+    root = project(tmp_path)
+    read = manifest_file._read
+
+    def read_then_edit(path, rel, out):
+        found = read(path, rel, out)
+        if path.name == f"{M}.yaml":
+            write_task(root, task(M, "manual", title_en="edited while loading", params={"evidence": []}))
+            old = time.time_ns() - 30_000_000_000       # settled, and not the time it had
+            os.utime(path, ns=(old, old))
+        return found
+
+    monkeypatch.setattr(manifest_file, "_read", read_then_edit)
+    assert open_project(root).steps[M].info.title_en == "check the notes"
+    monkeypatch.setattr(manifest_file, "_read", read)
+    again = open_project(root)
+    assert again.parsed == 1 and again.steps[M].info.title_en == "edited while loading"
+
+
 def test_a_manifest_made_invalid_is_reported_not_served(tmp_path):
     root = project(tmp_path)
     open_project(root)
