@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -248,6 +247,8 @@ def query_gpus(timeout: float = 10.0) -> tuple[list[Gpu], str | None]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return [], "nvidia-smi not found"
+    import subprocess               # here: a machine without nvidia-smi (every plan there) needs none
+
     fields = "index,name,memory.total,compute_cap,driver_version"
     try:
         out = subprocess.run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
@@ -273,6 +274,8 @@ def nvcc_version() -> str | None:
     exe = shutil.which("nvcc")
     if exe is None:
         return None
+    import subprocess
+
     try:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):

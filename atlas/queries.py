@@ -4,7 +4,7 @@ from __future__ import annotations
 from atlas.errors import UsageError
 from atlas.project import Project
 from atlas.probe import CAPABILITIES, Probe
-from atlas.state import StateStore, StepRun
+from atlas.state import StateStore, StepRun, hostname
 from atlas.facts import check_targets, open_store
 
 
@@ -50,12 +50,10 @@ def presented(store: StateStore, sr: StepRun, jobs: dict[int, dict] | None = Non
 
 def runner_gone(store: StateStore, run_id: int | None) -> bool:
     """A run recorded as running whose runner process no longer exists on this host."""
-    import socket
-
     from atlas.process import pid_alive
 
     run = store.run(run_id) if run_id is not None else None
-    if run is None or run["status"] != "running" or run.get("host") != socket.gethostname():
+    if run is None or run["status"] != "running" or run.get("host") != hostname():
         return False
     return not pid_alive(run["pid"])
 
