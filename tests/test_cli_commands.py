@@ -206,6 +206,29 @@ def test_validate_and_plan_never_import_torch(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_the_atlas_process_keeps_its_project_frozen_to_its_end(tmp_path):
+    """The real `atlas` process (run_cli) leaves the project it loaded to be taken back
+    with the process, never freed object by object: it is still held when the process
+    ends, out of the cyclic collector's sight. A caller of `main` in its own process
+    (tests, embedding) keeps nothing."""
+    root = write_project(tmp_path / "p", task(M, "manual", params={"evidence": []}))
+    code = ("import atexit, gc, sys; import atlas.cli as cli\n"
+            "def held():\n"
+            "    kept = [o for o in cli._KEPT_TO_EXIT if o is not cli._KEPT_TO_EXIT]\n"
+            "    print('held', [type(o).__name__ for o in kept], gc.get_freeze_count() > 0, file=sys.stderr)\n"
+            "atexit.register(held)\n"
+            f"sys.argv = ['atlas', '-C', {str(root)!r}, 'validate']\n"
+            "cli.run_cli()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("1 manifest valid"), out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "held ['Project'] True"
+    from atlas import cli
+
+    before = list(cli._KEPT_TO_EXIT)
+    assert atlas(root, "validate").exit_code == 0
+    assert cli._KEPT_TO_EXIT == before and cli._KEPT_TO_EXIT[0] is cli._KEPT_TO_EXIT
+
+
 def test_compare_two_runs(tmp_path):
     root = project(tmp_path)
     first = json.loads(atlas(root, "run", B, "--json").stdout)["run"]
