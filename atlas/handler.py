@@ -7,7 +7,6 @@ imported inside `run`, so that `atlas validate` and `atlas plan` never load them
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from atlas.atomic import write_atomically
 
 if TYPE_CHECKING:            # the chart models cost a sixth of `atlas validate`'s imports
+    import logging
+
     from atlas.charts import Figure
 
 ResultStatus = Literal["succeeded", "failed", "skipped", "waiting"]
@@ -121,6 +122,12 @@ class Progress:
         self._emit({"type": "progress_end", "task": self._task, "description": self.description})
 
 
+def _step_logger() -> logging.Logger:
+    import logging          # here: `atlas validate` and `atlas plan` import handlers, never log
+
+    return logging.getLogger("atlas.step")
+
+
 @dataclass
 class Context:
     """Everything a handler may use. Built by the worker process around one step."""
@@ -133,7 +140,7 @@ class Context:
     project: dict[str, Any]
     devices: list[int] = field(default_factory=list)
     emit: EventSink = field(default=lambda event: None)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("atlas.step"))
+    log: logging.Logger = field(default_factory=_step_logger)
 
     def metric(self, name: str, value: float, unit: str = "", step: int | None = None) -> None:
         """Record a number in the state store (per epoch when `step` is given)."""

@@ -5,7 +5,6 @@ node positions kept by atlas.yamlpos (the dvc strictyaml approach).
 """
 from __future__ import annotations
 
-import difflib
 import gc
 import os
 from pathlib import Path
@@ -92,6 +91,8 @@ def _fields_at(model: type[BaseModel] | None, path: tuple, prefix: tuple) -> lis
 
 
 def _suggest(name: Any, choices: list[str]) -> str:
+    import difflib          # here: only a problem needs a suggestion
+
     close = difflib.get_close_matches(str(name), choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
