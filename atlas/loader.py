@@ -158,14 +158,8 @@ class Prechecks:
         except HandlerLoadError:
             return                             # reported by the load, at its place
         checked: dict = {}                     # the paths checked, handed to checked_paths by the load
-        context = _context(self.root, checked, manifest.id)
-        found = checked[manifest.id]
-        try:
-            params = handler.Params.model_validate(manifest.params, context=context)
-        except ValidationError as exc:
-            self.bound[rel] = (manifest, handler, exc, found, None)
-            return
-        self.bound[rel] = (manifest, handler, params, found, step_info(manifest, handler, params))
+        params, info = _params_and_info(manifest, handler, self.root, checked, manifest.id)
+        self.bound[rel] = (manifest, handler, params, checked[manifest.id], info)
 
 
 def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None,
@@ -338,6 +332,17 @@ def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> Ste
                     title=manifest.title, title_en=manifest.title_en, wbs=manifest.wbs)
 
 
+def _params_and_info(manifest: Manifest, handler: type[Handler], root: Path, checked_paths: dict | None,
+                     task: str) -> tuple[Params | ValidationError, StepInfo | None]:
+    """The manifest's params checked by its handler's model, and its step info (None with
+    the params' error)."""
+    try:
+        params = handler.Params.model_validate(manifest.params, context=_context(root, checked_paths, task))
+    except ValidationError as exc:
+        return exc, None
+    return params, step_info(manifest, handler, params)
+
+
 def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: Path,
                    checked_paths: dict | None = None, prechecked: Prechecks | None = None) -> dict[str, Step]:
     steps: dict[str, Step] = {}
@@ -347,26 +352,22 @@ def _bind_handlers(manifests: dict, registry: Registry, out: _Collector, root: P
             _, handler, params, found, info = bound
             if checked_paths is not None:
                 checked_paths.setdefault(tid, []).extend(found)
-            if isinstance(params, ValidationError):
-                out.pydantic(rel, located, params, prefix=("params",), model=handler.Params)
-            else:
-                steps[tid] = Step(tid, rel, info, loaded=(manifest, handler, params))
+        else:
+            if manifest.handler not in registry:
+                hint = _suggest(manifest.handler, registry.names()) or f" (known: {', '.join(registry.names())})"
+                out.add(rel, located.where(("handler",)), f"unknown handler {manifest.handler!r}{hint}",
+                        ("handler",))
+                continue
+            try:
+                handler = registry.load(manifest.handler)
+            except HandlerLoadError as exc:
+                out.add(rel, located.where(("handler",)), exc.message, ("handler",))
+                continue
+            params, info = _params_and_info(manifest, handler, root, checked_paths, tid)
+        if isinstance(params, ValidationError):
+            out.pydantic(rel, located, params, prefix=("params",), model=handler.Params)
             continue
-        if manifest.handler not in registry:
-            hint = _suggest(manifest.handler, registry.names()) or f" (known: {', '.join(registry.names())})"
-            out.add(rel, located.where(("handler",)), f"unknown handler {manifest.handler!r}{hint}", ("handler",))
-            continue
-        try:
-            handler = registry.load(manifest.handler)
-        except HandlerLoadError as exc:
-            out.add(rel, located.where(("handler",)), exc.message, ("handler",))
-            continue
-        try:
-            params = handler.Params.model_validate(manifest.params, context=_context(root, checked_paths, tid))
-        except ValidationError as exc:
-            out.pydantic(rel, located, exc, prefix=("params",), model=handler.Params)
-            continue
-        steps[tid] = Step(tid, rel, step_info(manifest, handler, params), loaded=(manifest, handler, params))
+        steps[tid] = Step(tid, rel, info, loaded=(manifest, handler, params))
     return steps
 
 

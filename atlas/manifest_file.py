@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Protocol, Tuple
+from typing import Callable, Iterable, Protocol
 
 from atlas import signature, two_cores, yamlpos
 from atlas.project import DEFAULTS_FILE, TASKS_DIR
@@ -20,7 +20,7 @@ MAX_MANIFEST_BYTES = 256 * 1024
 
 # what reading one manifest found: the signature of the stat() its read was checked by
 # (atlas.signature; None when that failed) and its YAML (None when it has a problem)
-Read = Tuple[Optional[List[int]], Optional[yamlpos.Located]]
+Read = tuple[list[int] | None, yamlpos.Located | None]
 
 
 class Problems(Protocol):

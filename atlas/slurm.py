@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from atlas.process import ProcessResult, ProcessTable, StepSinks
+from atlas.state import hostname
 from atlas.tail import FileTail
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -374,7 +374,8 @@ def shared_folder_warning(root: Path, partition: str | None) -> str | None:
     except SlurmError:
         return None
     nodes = {n.strip() for n in done.stdout.split() if n.strip()}
-    here = {socket.gethostname(), socket.gethostname().split(".")[0]}
+    name = hostname()
+    here = {name, name.split(".")[0]}
     others = nodes - here
     kind = filesystem_of(root)
     if others and kind in LOCAL_FILESYSTEMS:
