@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Set
+from typing import Any, Callable, Mapping, Sequence, Set
 
 from pydantic import BaseModel, ValidationError
 
@@ -141,10 +141,10 @@ class Prechecks:
         # rel -> (manifest, handler, params or their error, paths checked, step info)
         self.bound: dict[str, tuple] = {}
 
-    def add(self, path: Path, located: yamlpos.Located | None) -> None:
+    def add(self, path: str | Path, located: yamlpos.Located | None) -> None:
         if located is None:
             return                             # the load reads it again and reports why
-        rel = f"{TASKS_DIR}/{path.name}"
+        rel = f"{TASKS_DIR}/{os.path.basename(path)}"
         try:
             manifest = Manifest.model_validate(located.data)
         except ValidationError as exc:
@@ -163,13 +163,13 @@ class Prechecks:
 
 
 def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None,
-                 read_ahead: Mapping[Path, yamlpos.Located | None] | None = None,
+                 read_ahead: Sequence[tuple[str | Path, yamlpos.Located | None]] | None = None,
                  prechecked: Prechecks | None = None) -> Project:
     """Load and validate tasks/; raise InvalidManifests listing every problem.
     `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
-    every path param checked. `read_ahead`: every manifest of tasks/, as the
-    caller listed it, with its YAML read already (manifest_file.read_all; None for one
-    read again here, which reports its problems). `prechecked`: the checks of each of
+    every path param checked. `read_ahead`: (path, YAML) of every manifest of tasks/, as
+    the caller listed it, read already (manifest_file.read_all; None for one read again
+    here, which reports its problems). `prechecked`: the checks of each of
     them alone, made already (its registry is the one used)."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
@@ -184,7 +184,7 @@ def load_project(root: Path, registry: Registry | None = None, checked_paths: di
 
 
 def _load_project(root: Path, registry: Registry | None, checked_paths: dict | None,
-                  read_ahead: Mapping[Path, yamlpos.Located | None] | None,
+                  read_ahead: Sequence[tuple[str | Path, yamlpos.Located | None]] | None,
                   prechecked: Prechecks | None = None) -> Project:
     if prechecked is not None:
         registry = prechecked.registry
@@ -195,13 +195,11 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
     if read_ahead is None:
         files = manifest_file.manifest_paths(root)
-        read_ahead = {path: located for path, (_, located) in zip(files, manifest_file.read_all(files))}
-    else:
-        files = list(read_ahead)
+        read_ahead = [(path, located) for path, (_, located) in zip(files, manifest_file.read_all(files))]
     validated = prechecked.manifests if prechecked is not None else {}
-    for path in files:
-        if not _read_manifest(path, manifests, out, read_ahead.get(path), validated):
-            unreadable.add(path.stem)
+    for path, located in read_ahead:
+        if not _read_manifest(path, manifests, out, located, validated):
+            unreadable.add(manifest_file.stem(os.path.basename(path)))
 
     steps = _bind_handlers(manifests, registry, out, root, checked_paths, prechecked)
     wbs = defaults.wbs_index()
@@ -219,7 +217,7 @@ def _load_project(root: Path, registry: Registry | None, checked_paths: dict | N
         out.add(rel, located.where(("depends_on", index)), f"dependency cycle: {chain}", ("depends_on", index))
     if out.problems:
         raise InvalidManifests(out.problems)
-    return Project(root, defaults.model_dump(mode="json"), steps, dag, defaults=defaults, parsed=len(files))
+    return Project(root, defaults.model_dump(mode="json"), steps, dag, defaults=defaults, parsed=len(read_ahead))
 
 
 def load_changed(root: Path, known: Project, changed: Set[str], registry: Registry,
@@ -287,13 +285,14 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
     return project
 
 
-def _read_manifest(path: Path, manifests: dict, out: _Collector, located: yamlpos.Located | None = None,
+def _read_manifest(path: str | Path, manifests: dict, out: _Collector, located: yamlpos.Located | None = None,
                    validated: Mapping[str, Manifest | ValidationError] | None = None) -> bool:
     """Read (unless `located` is its YAML already) and check one manifest into `manifests`
     (id -> (manifest, rel, located)). False when it could not be read or validated (its
     problems are in `out`). `validated`: models (or their errors) of `located` made
     already, by rel."""
-    rel = f"{TASKS_DIR}/{path.name}"
+    name = os.path.basename(path)
+    rel = f"{TASKS_DIR}/{name}"
     if located is None:
         located = manifest_file.read(path, rel, out)
         validated = None                             # read just now: nothing checked of it yet
@@ -307,9 +306,10 @@ def _read_manifest(path: Path, manifests: dict, out: _Collector, located: yamlpo
     except ValidationError as exc:
         out.pydantic(rel, located, exc, model=Manifest)
         return False
-    if manifest.id != path.stem:
+    expected = manifest_file.stem(name)
+    if manifest.id != expected:
         out.add(rel, located.where(("id",)),
-                f"id {manifest.id!r} does not match the file name (expected {path.stem!r})", ("id",))
+                f"id {manifest.id!r} does not match the file name (expected {expected!r})", ("id",))
     if manifest.id in manifests:
         other = manifests[manifest.id][1]
         out.add(rel, located.where(("id",)), f"duplicate ID {manifest.id!r}: also defined in {other}", ("id",))
@@ -324,12 +324,12 @@ def _handler_in(steps: dict[str, Step]) -> Callable[[str], type[Handler] | None]
 
 def step_info(manifest: Manifest, handler: type[Handler], params: Params) -> StepInfo:
     requires = tuple(sorted(set(handler.requires) | set(manifest.requires)))
-    return StepInfo(handler=handler.name, handler_version=handler_version(handler), requires=requires,
-                    manual=bool(handler.manual), gpu=bool(handler.gpu_env or "cuda" in requires),
-                    params=params.model_dump(mode="json"),
-                    inputs=manifest.input_refs(),
-                    watched=tuple(handler.watched_paths(params)), project_keys=tuple(handler.project_keys),
-                    title=manifest.title, title_en=manifest.title_en, wbs=manifest.wbs)
+    # handler, handler_version, requires, manual, gpu, params, inputs, watched, project_keys,
+    # title, title_en, wbs
+    return StepInfo.of(handler.name, handler_version(handler), requires, bool(handler.manual),
+                       bool(handler.gpu_env or "cuda" in requires), params.model_dump(mode="json"),
+                       manifest.input_refs(), tuple(handler.watched_paths(params)), tuple(handler.project_keys),
+                       manifest.title, manifest.title_en, manifest.wbs)
 
 
 def _params_and_info(manifest: Manifest, handler: type[Handler], root: Path, checked_paths: dict | None,

@@ -80,7 +80,7 @@ _SBATCH_ARG = re.compile(r"^--?[A-Za-z][A-Za-z0-9-]*(=[^\0\n]*)?$")
 _MEMORY = r"^\d+[KMGT]?$"
 
 
-def _sbatch_args(values: list[str]) -> list[str]:
+def _sbatch_args(values: list[str] | tuple[str, ...]) -> list[str] | tuple[str, ...]:
     for value in values:
         if not _SBATCH_ARG.match(value):
             raise ValueError(f"{value!r} is not an sbatch option: write --name=value (one option per item)")
@@ -95,7 +95,11 @@ SbatchArgs = Annotated[list[str], AfterValidator(_sbatch_args)]
 
 class SlurmResources(Strict):
     """What a step's Slurm job asks for; unset fields come from the step (gpus, timeout)
-    and the project's executor block."""
+    and the project's executor block. Frozen (its extra_args a tuple), so that one default
+    serves every manifest without a slurm block: pydantic copies no hashable default, and
+    making one per manifest was a third of checking it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     cpus: int | None = Field(None, ge=1, le=4096, description="--cpus-per-task (default 1)")
     memory: str | None = Field(None, pattern=_MEMORY, description="--mem, e.g. 16G")
@@ -105,12 +109,15 @@ class SlurmResources(Strict):
     partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,-]+$")
     account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     qos: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    extra_args: SbatchArgs = Field(default_factory=list)
+    extra_args: Annotated[tuple[str, ...], AfterValidator(_sbatch_args)] = ()
 
     @field_validator("time", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
+
+
+_NO_SLURM_BLOCK = SlurmResources()
 
 
 # Mutable defaults are default_factory, never `= []`: pydantic deep-copies such a default on
@@ -134,8 +141,7 @@ class Manifest(Strict):
     retries: int = Field(0, ge=0, le=10)
     gpus: Literal[0, 1, "all"] | None = Field(
         None, description="GPUs a step takes under -j: 0, 1 or all (default: 1 when it requires cuda)")
-    slurm: SlurmResources = Field(default_factory=SlurmResources,
-                                  description="the step's Slurm job under --executor slurm")
+    slurm: SlurmResources = Field(default=_NO_SLURM_BLOCK, description="the step's Slurm job under --executor slurm")
 
     @field_validator("timeout", mode="before")
     @classmethod

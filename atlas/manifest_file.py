@@ -35,20 +35,27 @@ class _Count:
         self.problems += 1
 
 
-def manifest_paths(root: Path, names: Iterable[str] | None = None) -> list[Path]:
-    """The manifests in tasks/ (not the defaults), by name; `names`: the names in tasks/
-    when the caller has listed it already (a listing of 2,000 files costs 10 ms)."""
-    folder = root / TASKS_DIR
+def manifest_paths(root: Path, names: Iterable[str] | None = None) -> list[str]:
+    """The manifests in tasks/ (not the defaults), by name, as paths; `names`: the names in
+    tasks/ when the caller has listed it already (a listing of 2,000 files costs 10 ms).
+    Plain strings: a load needs only each one's name, and 2,000 Path objects (made,
+    hashed, asked for their name) cost a cold load 10 ms on one core."""
+    folder = os.path.join(root, TASKS_DIR)
     if names is None:
         with os.scandir(folder) as entries:
             names = [entry.name for entry in entries]
     # ".yaml" alone is a hidden file with no suffix, as pathlib sees it: not a manifest
     found = sorted(name for name in names if name.endswith((".yaml", ".yml"))
                    and name not in (".yaml", ".yml", DEFAULTS_FILE))
-    return [folder / name for name in found]
+    return [os.path.join(folder, name) for name in found]
 
 
-def read_all(paths: list[Path], before: Callable[[], object] | None = None,
+def stem(name: str) -> str:
+    """A manifest's file name without its suffix (as Path.stem): its task ID."""
+    return os.path.splitext(name)[0]
+
+
+def read_all(paths: list[str] | list[Path], before: Callable[[], object] | None = None,
              then: Callable[[int, Read], object] | None = None) -> list[Read]:
     """Each manifest's signature and YAML (see Read; reading one with a problem again
     with `read` reports it); on two cores where there are many, `before` run meanwhile,
@@ -76,19 +83,19 @@ def _read_at_most(fd: int, expected: int, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _read_cleanly(path: Path) -> Read:
+def _read_cleanly(path: str | Path) -> Read:
     count = _Count()
-    info, located = _read(path, f"{TASKS_DIR}/{path.name}", count)
+    info, located = _read(path, f"{TASKS_DIR}/{os.path.basename(path)}", count)
     return (None if info is None else signature.of_stat(info)), (None if count.problems else located)
 
 
-def read(path: Path, rel: str, out: Problems) -> yamlpos.Located | None:
+def read(path: str | Path, rel: str, out: Problems) -> yamlpos.Located | None:
     """The YAML of the manifest at `path` (`rel` in messages); None when it cannot be
     read, its problems added to `out`."""
     return _read(path, rel, out)[1]
 
 
-def _read(path: Path, rel: str, out: Problems) -> tuple[os.stat_result | None, yamlpos.Located | None]:
+def _read(path: str | Path, rel: str, out: Problems) -> tuple[os.stat_result | None, yamlpos.Located | None]:
     # Only a regular file, and at most MAX_MANIFEST_BYTES + 1 bytes of it. stat() follows
     # links as open() would; a FIFO is never opened (that blocks until a writer comes).
     data = b""

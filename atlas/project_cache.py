@@ -88,15 +88,16 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
     reads = manifest_file.read_all(files, before=import_loader,
                                    then=lambda index, read: prechecks[0].add(files[index], read[1]))
     for path, (sig, _) in zip(files, reads):
-        if listing[path.name] is None:
-            listing[path.name] = sig
+        name = os.path.basename(path)
+        if listing[name] is None:
+            listing[name] = sig
     for name, sig in listing.items():
         if sig is None:                     # the defaults, names no manifest has: before the load reads them
             listing[name] = signature.of_path(root / TASKS_DIR / name)
     from atlas.loader import load_project
 
     checked_paths: dict = {}
-    read_ahead = {path: located for path, (_, located) in zip(files, reads)}
+    read_ahead = [(path, located) for path, (_, located) in zip(files, reads)]
     project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead, prechecked=prechecks[0])
     write(root, project, listing, checked_paths, order=order)
     return project

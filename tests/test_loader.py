@@ -169,10 +169,12 @@ def test_manifest_paths_from_a_listing_are_those_found_by_listing(tmp_path):
                         defaults=HIERARCHY)                # tasks/project.yaml: not a manifest
     (root / "tasks" / "folder.yaml").mkdir()           # listed: the loader says it is a folder
     listed = manifest_file.manifest_paths(root)
-    assert [p.name for p in listed] == ["AG-DS-A-001.yml", fa(B), "b.c.yaml", "folder.yaml"]
+    assert [Path(p).name for p in listed] == ["AG-DS-A-001.yml", fa(B), "b.c.yaml", "folder.yaml"]
+    assert [Path(p).parent for p in listed] == [root / "tasks"] * 4
     names = [p.name for p in (root / "tasks").iterdir()]
     assert manifest_file.manifest_paths(root, names) == listed
-    assert [p for p in listed if p.suffix in (".yaml", ".yml")] == listed    # as pathlib sees suffixes
+    assert [p for p in listed if Path(p).suffix in (".yaml", ".yml")] == listed    # as pathlib sees suffixes
+    assert [manifest_file.stem(Path(p).name) for p in listed] == [Path(p).stem for p in listed]
 
 
 # --- YAML-level problems -----------------------------------------------------------------
@@ -820,7 +822,7 @@ def load_plain_and_prechecked(root: Path) -> tuple:
                 pre = Prechecks(root, REGISTRY)
                 read = manifest_file.read_all(files, then=lambda i, found: pre.add(files[i], found[1]))
                 project = load_project(root, checked_paths=checked_paths,
-                                       read_ahead={f: located for f, (_, located) in zip(files, read)},
+                                       read_ahead=[(f, located) for f, (_, located) in zip(files, read)],
                                        prechecked=pre)
             else:
                 project = load_project(root, REGISTRY, checked_paths=checked_paths)

@@ -195,6 +195,17 @@ def test_minimal_manifest_defaults():
     assert m.retries == 0 and m.gpus is None and m.module is None
 
 
+def test_manifests_without_a_slurm_block_share_one_frozen_default():
+    first, second = manifest(), manifest()
+    assert first.slurm is second.slurm              # not copied: pydantic copies no hashable default
+    assert first.slurm.extra_args == () and first.slurm.nodes == 1
+    with pytest.raises(ValidationError):
+        first.slurm.nodes = 4                       # frozen: no step can change another's
+    own = manifest(slurm={"cpus": 8, "extra_args": ["--constraint=h100"]})
+    assert own.slurm is not first.slurm and own.slurm.extra_args == ("--constraint=h100",)
+    assert first.slurm.cpus is None
+
+
 @pytest.mark.parametrize("task_id", ["AG-DS-TRTENGINE-001", "AG-X-Y2-999"])
 def test_valid_ids(task_id):
     assert manifest(id=task_id).id == task_id

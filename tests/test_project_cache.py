@@ -129,7 +129,7 @@ def test_a_manifest_edited_after_its_read_is_a_miss_next_time(tmp_path, monkeypa
 
     def read_then_edit(path, rel, out):
         found = read(path, rel, out)
-        if path.name == f"{M}.yaml":
+        if os.path.basename(path) == f"{M}.yaml":
             write_task(root, task(M, "manual", title_en="edited while loading", params={"evidence": []}))
             old = time.time_ns() - 30_000_000_000       # settled, and not the time it had
             os.utime(path, ns=(old, old))
@@ -410,6 +410,10 @@ def test_step_info_rows_keep_every_field_in_order():
                     ("data",), "başlık", "title", "1.2")
     assert info.as_row() == [getattr(info, f.name) for f in dataclasses.fields(StepInfo)]
     assert StepInfo.from_row(json.loads(json.dumps(info.as_row()))) == info
+    fast = StepInfo.of(*info.as_row())              # what the loader and the cache make: no __init__
+    assert fast == info and vars(fast) == vars(info) and list(vars(fast)) == [f.name for f in dataclasses.fields(StepInfo)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.title = "changed"
 
 
 def test_a_handler_that_fails_to_load_when_the_cache_is_written_leaves_the_old_cache(tmp_path, monkeypatch):
