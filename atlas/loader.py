@@ -12,11 +12,12 @@ from typing import Any, Callable, Mapping, Sequence, Set
 
 from pydantic import BaseModel, ValidationError
 
-from atlas import manifest_file, yamlpos
+from atlas import manifest_file
 from atlas.errors import InvalidManifests, ManifestProblem
 from atlas.fingerprint import handler_version
 from atlas.graph import checked
 from atlas.handler import Handler, Params
+from atlas.located import Located
 from atlas.manifest import Manifest, ProjectDefaults
 from atlas.project import DEFAULTS_FILE, TASKS_DIR, Project, Step, StepInfo, find_root
 from atlas.registry import HandlerLoadError, Registry
@@ -41,7 +42,7 @@ class _Collector:
         message = " ".join(message.split()) if "\n" in message or "\r" in message else message
         self.problems.append(ManifestProblem(file, pos[0], pos[1], message, _field_path(path)))
 
-    def pydantic(self, file: str, located: yamlpos.Located, exc: ValidationError,
+    def pydantic(self, file: str, located: Located, exc: ValidationError,
                  prefix: tuple = (), model: type[BaseModel] | None = None) -> None:
         seen: set[tuple] = set()
         for err in exc.errors():
@@ -105,12 +106,16 @@ def _short(value: Any) -> str:
 MAX_MANIFEST_BYTES = manifest_file.MAX_MANIFEST_BYTES
 
 
-def load_defaults(root: Path, out: _Collector, checked_paths: dict | None = None) -> ProjectDefaults:
-    path = root / TASKS_DIR / DEFAULTS_FILE
-    if not path.exists():
-        return ProjectDefaults(name=root.name)
+def load_defaults(root: Path, out: _Collector, checked_paths: dict | None = None,
+                  read_ahead: Located | None = None) -> ProjectDefaults:
+    """tasks/project.yaml checked; `read_ahead`: its YAML, read already (manifest_file.read_all)."""
     rel = f"{TASKS_DIR}/{DEFAULTS_FILE}"
-    located = manifest_file.read(path, rel, out)
+    located = read_ahead
+    if located is None:
+        path = root / TASKS_DIR / DEFAULTS_FILE
+        if not path.exists():
+            return ProjectDefaults(name=root.name)
+        located = manifest_file.read(path, rel, out)
     if located is None:
         return ProjectDefaults(name=root.name)
     try:
@@ -141,7 +146,7 @@ class Prechecks:
         # rel -> (manifest, handler, params or their error, paths checked, step info)
         self.bound: dict[str, tuple] = {}
 
-    def add(self, path: str | Path, located: yamlpos.Located | None) -> None:
+    def add(self, path: str | Path, located: Located | None) -> None:
         if located is None:
             return                             # the load reads it again and reports why
         rel = f"{TASKS_DIR}/{os.path.basename(path)}"
@@ -163,13 +168,13 @@ class Prechecks:
 
 
 def load_project(root: Path, registry: Registry | None = None, checked_paths: dict | None = None,
-                 read_ahead: Sequence[tuple[str | Path, yamlpos.Located | None]] | None = None,
-                 prechecked: Prechecks | None = None) -> Project:
+                 read_ahead: Sequence[tuple[str | Path, Located | None]] | None = None,
+                 prechecked: Prechecks | None = None, defaults_read: Located | None = None) -> Project:
     """Load and validate tasks/; raise InvalidManifests listing every problem.
     `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
     every path param checked. `read_ahead`: (path, YAML) of every manifest of tasks/, as
     the caller listed it, read already (manifest_file.read_all; None for one read again
-    here, which reports its problems). `prechecked`: the checks of each of
+    here, which reports its problems); `defaults_read`: tasks/project.yaml's, the same way. `prechecked`: the checks of each of
     them alone, made already (its registry is the one used)."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
@@ -177,21 +182,21 @@ def load_project(root: Path, registry: Registry | None = None, checked_paths: di
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_project(root, registry, checked_paths, read_ahead, prechecked)
+        return _load_project(root, registry, checked_paths, read_ahead, prechecked, defaults_read)
     finally:
         if enabled:
             gc.enable()
 
 
 def _load_project(root: Path, registry: Registry | None, checked_paths: dict | None,
-                  read_ahead: Sequence[tuple[str | Path, yamlpos.Located | None]] | None,
-                  prechecked: Prechecks | None = None) -> Project:
+                  read_ahead: Sequence[tuple[str | Path, Located | None]] | None,
+                  prechecked: Prechecks | None = None, defaults_read: Located | None = None) -> Project:
     if prechecked is not None:
         registry = prechecked.registry
     registry = registry if registry is not None else Registry()
     out = _Collector()
-    defaults = load_defaults(root, out, checked_paths)
-    manifests: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
+    defaults = load_defaults(root, out, checked_paths, defaults_read)
+    manifests: dict[str, tuple[Manifest, str, Located]] = {}
     unreadable: set[str] = set()   # stems of manifests already reported: not "unknown" to others
     if read_ahead is None:
         files = manifest_file.manifest_paths(root)
@@ -245,7 +250,7 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
                   checked_paths: dict) -> Project | None:
     kept = {task: step for task, step in known.steps.items() if Path(step.file).name not in changed}
     out = _Collector()
-    fresh: dict[str, tuple[Manifest, str, yamlpos.Located]] = {}
+    fresh: dict[str, tuple[Manifest, str, Located]] = {}
     for name in sorted(changed):
         path = root / TASKS_DIR / name
         if not os.path.lexists(path):
@@ -285,7 +290,7 @@ def _load_changed(root: Path, known: Project, changed: Set[str], registry: Regis
     return project
 
 
-def _read_manifest(path: str | Path, manifests: dict, out: _Collector, located: yamlpos.Located | None = None,
+def _read_manifest(path: str | Path, manifests: dict, out: _Collector, located: Located | None = None,
                    validated: Mapping[str, Manifest | ValidationError] | None = None) -> bool:
     """Read (unless `located` is its YAML already) and check one manifest into `manifests`
     (id -> (manifest, rel, located)). False when it could not be read or validated (its
@@ -381,7 +386,7 @@ def produces(handler: type[Handler], name: str) -> bool:
     return False
 
 
-def _check_links(tid: str, manifest: Manifest, rel: str, located: yamlpos.Located, known: Mapping[str, Any],
+def _check_links(tid: str, manifest: Manifest, rel: str, located: Located, known: Mapping[str, Any],
                  wbs: dict, handler_of: Callable[[str], type[Handler] | None], out: _Collector,
                  unreadable: Set[str] = frozenset()) -> None:
     """What one manifest says about others: its dependencies exist (in `known`), its wbs is

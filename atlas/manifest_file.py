@@ -10,7 +10,8 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from atlas import signature, two_cores, yamlpos
+from atlas import signature, two_cores
+from atlas.located import Located
 from atlas.project import DEFAULTS_FILE, TASKS_DIR
 
 # A manifest is one or two KB, and tasks/project.yaml with the hierarchy of 12 tasks is 8 KB:
@@ -20,7 +21,7 @@ MAX_MANIFEST_BYTES = 256 * 1024
 
 # what reading one manifest found: the signature of the stat() its read was checked by
 # (atlas.signature; None when that failed) and its YAML (None when it has a problem)
-Read = tuple[list[int] | None, yamlpos.Located | None]
+Read = tuple[list[int] | None, Located | None]
 
 
 class Problems(Protocol):
@@ -89,13 +90,13 @@ def _read_cleanly(path: str | Path) -> Read:
     return (None if info is None else signature.of_stat(info)), (None if count.problems else located)
 
 
-def read(path: str | Path, rel: str, out: Problems) -> yamlpos.Located | None:
+def read(path: str | Path, rel: str, out: Problems) -> Located | None:
     """The YAML of the manifest at `path` (`rel` in messages); None when it cannot be
     read, its problems added to `out`."""
     return _read(path, rel, out)[1]
 
 
-def _read(path: str | Path, rel: str, out: Problems) -> tuple[os.stat_result | None, yamlpos.Located | None]:
+def _read(path: str | Path, rel: str, out: Problems) -> tuple[os.stat_result | None, Located | None]:
     # Only a regular file, and at most MAX_MANIFEST_BYTES + 1 bytes of it. stat() follows
     # links as open() would; a FIFO is never opened (that blocks until a writer comes).
     data = b""
@@ -130,6 +131,8 @@ def _read(path: str | Path, rel: str, out: Problems) -> tuple[os.stat_result | N
         out.add(rel, (1, 1), f"manifest is over {limit_kb} KB (it grew while being read); "
                 f"the limit is {limit_kb} KB")
         return info, None
+    from atlas import yamlpos      # here: the process that only checks what the other core read needs none
+
     try:
         # newlines translated as read_text() does (\r\n and \r become \n)
         text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")

@@ -77,6 +77,11 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
     from atlas import manifest_file
 
     files = manifest_file.manifest_paths(root, listing)
+    manifests = len(files)
+    if DEFAULTS_FILE in listing:
+        # read with the manifests, last (the other core reads from the end: first), so that
+        # this process needs no YAML parser at all for a valid project
+        files.append(os.path.join(root, TASKS_DIR, DEFAULTS_FILE))
     prechecks: list = []
 
     def import_loader() -> None:
@@ -85,20 +90,25 @@ def open_project(root: Path, registry: "Registry | None" = None, order: bool = T
 
         prechecks.append(Prechecks(root))
 
-    reads = manifest_file.read_all(files, before=import_loader,
-                                   then=lambda index, read: prechecks[0].add(files[index], read[1]))
+    def precheck(index: int, read: "manifest_file.Read") -> None:
+        if index < manifests:
+            prechecks[0].add(files[index], read[1])
+
+    reads = manifest_file.read_all(files, before=import_loader, then=precheck)
     for path, (sig, _) in zip(files, reads):
         name = os.path.basename(path)
         if listing[name] is None:
             listing[name] = sig
     for name, sig in listing.items():
-        if sig is None:                     # the defaults, names no manifest has: before the load reads them
+        if sig is None:                     # names no manifest has: before the load reads them
             listing[name] = signature.of_path(root / TASKS_DIR / name)
     from atlas.loader import load_project
 
     checked_paths: dict = {}
-    read_ahead = [(path, located) for path, (_, located) in zip(files, reads)]
-    project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead, prechecked=prechecks[0])
+    read_ahead = [(path, located) for path, (_, located) in zip(files[:manifests], reads)]
+    defaults_read = reads[manifests][1] if len(files) > manifests else None
+    project = load_project(root, checked_paths=checked_paths, read_ahead=read_ahead, prechecked=prechecks[0],
+                           defaults_read=defaults_read)
     write(root, project, listing, checked_paths, order=order)
     return project
 

@@ -119,6 +119,44 @@ def test_a_load_without_a_cache_keeps_each_file_as_a_listing_signs_it(tmp_path, 
     assert from_cache(root)
 
 
+def many_manual(tmp_path, steps: int = 160, defaults: str = "name: many\nhierarchy: [{wbs: '1', title: Bir}]\n"):
+    """`steps` manual steps (160: read on two cores, two_cores.MIN_ITEMS) under wbs 1."""
+    root = write_project(tmp_path / "p", *[task(f"AG-T-N{i:03d}-001", "manual") for i in range(steps)])
+    (root / "tasks" / "project.yaml").write_text(defaults)
+    settled(root)
+    return root
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                    reason="the two-core read needs two CPUs")
+def test_a_cold_load_on_two_cores_checks_without_importing_a_yaml_parser(tmp_path):
+    """The other core reads the manifests and tasks/project.yaml: the process that checks
+    them imports no PyYAML for a valid project, and gets the defaults as a full load does."""
+    root = many_manual(tmp_path)
+    code = ("import sys; from pathlib import Path; from atlas.project_cache import open_project; "
+            "p = open_project(Path(sys.argv[1])); "
+            "print(p.parsed, p.settings['name'], p.settings['hierarchy'][0]['title'], 'yaml' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["160", "many", "Bir", "False"], done.stderr
+    assert open_project(root).settings == load_project(root).settings      # the cache, then a full load
+
+
+@pytest.mark.parametrize("steps", [2, 160])
+def test_a_bad_project_yaml_read_with_the_manifests_is_reported_as_a_full_load_does(tmp_path, steps):
+    root = many_manual(tmp_path, steps, defaults="name: many\nhierarchy: [{wbs: '1', title: Bir, colour: red}]\n")
+    with pytest.raises(InvalidManifests) as cold:
+        open_project(root)
+    with pytest.raises(InvalidManifests) as full:
+        load_project(root)
+    assert [str(p) for p in cold.value.problems] == [str(p) for p in full.value.problems]
+    assert any(str(p).startswith("tasks/project.yaml:2:") and "colour" in str(p) for p in cold.value.problems)
+    assert not (root / CACHE_FILE).exists()
+    (root / "tasks" / "project.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(InvalidManifests) as broken:
+        open_project(root)
+    assert [str(p).split(": ", 1)[0] for p in broken.value.problems] == ["tasks/project.yaml:2:1"]
+
+
 def test_a_manifest_edited_after_its_read_is_a_miss_next_time(tmp_path, monkeypatch):
     """The signature is taken before the file is read: an edit made while the load goes on
     (here, right after the read) leaves a signature that no longer matches."""
