@@ -160,4 +160,7 @@ def make_plan(project: Project, store: StateStore, probe: Probe, targets: list[s
     forced = set(graph) if force_all else set(force)
     history = History(store, snapshot=True)
     facts = {task: step_facts(project, history, probe, task) for task in graph}
-    return graph, plan(graph, facts, probe.capabilities(), forced, probe.hints())
+    from atlas.probe import HasCapability, Hints
+
+    # each capability, and the install hints, found only when a step needs them
+    return graph, plan(graph, facts, HasCapability(probe), forced, Hints(probe))

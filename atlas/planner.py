@@ -8,7 +8,7 @@ about the rules. Nodes can be anything hashable: the tests plan graphs of ints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Hashable, Literal, Mapping
+from typing import TYPE_CHECKING, Container, Hashable, Literal, Mapping
 
 from atlas.fingerprint import what_changed
 from atlas.graph import levels as graph_levels
@@ -46,7 +46,7 @@ class Decision:
     hint: str = ""
 
 
-def missing_capabilities(requires: tuple[str, ...], capabilities: set[str]) -> list[str]:
+def missing_capabilities(requires: tuple[str, ...], capabilities: Container[str]) -> list[str]:
     return [cap for cap in requires if cap not in capabilities]
 
 
@@ -54,13 +54,13 @@ def capability_reason(missing: list[str], hints: Mapping[str, str] | None = None
     """Every missing capability is named: fixing one should not reveal the next. `hints`
     (the probe's, e.g. the DALI wheel for this machine's CUDA major) override the defaults."""
     pairs = [CAPABILITIES.get(cap, (f"needs {cap}", "")) for cap in missing]
-    hints = hints or {}
+    hints = hints if hints is not None else {}
     texts = [hints.get(cap, hint) for cap, (_, hint) in zip(missing, pairs)]
     return "; ".join(r for r, _ in pairs), "; ".join(h for h in texts if h)
 
 
 def decide(node: Hashable, facts: StepFacts, upstream: Mapping[Hashable, str],
-           capabilities: set[str], forced: bool = False, hints: Mapping[str, str] | None = None) -> Decision:
+           capabilities: Container[str], forced: bool = False, hints: Mapping[str, str] | None = None) -> Decision:
     """One step's decision given its upstream outcomes (planned or real)."""
     missing = missing_capabilities(facts.requires, capabilities)
     if missing:
@@ -114,7 +114,7 @@ class Plan:
         return sum(1 for d in self.decisions.values() if d.action == action)
 
 
-def plan(graph: nx.DiGraph, facts: Mapping[Hashable, StepFacts], capabilities: set[str],
+def plan(graph: nx.DiGraph, facts: Mapping[Hashable, StepFacts], capabilities: Container[str],
          forced: set[Hashable] = frozenset(), hints: Mapping[str, str] | None = None) -> Plan:
     """Decide every step of `graph` (already cut to the targets' upstream)."""
     levels = graph_levels(graph)

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 # capability -> (reason when missing, hint). `requires:` in manifests uses these names.
 CAPABILITIES: dict[str, tuple[str, str]] = {
@@ -284,17 +285,87 @@ def nvcc_version() -> str | None:
     return match.group(1) if match else None
 
 
+def _gpu_fields(found: Probe) -> dict[str, Any]:
+    gpus, smi_error = query_gpus()
+    return {"gpus": gpus, "driver": gpus[0].driver if gpus else None, "nvidia_smi_error": smi_error}
+
+
+# field -> how this machine's value is found (the GPU fields come from one nvidia-smi call)
+_FINDERS: dict[str, Callable[[Probe], dict[str, Any]]] = {
+    "gpus": _gpu_fields, "driver": _gpu_fields, "nvidia_smi_error": _gpu_fields,
+    "cuda_driver": lambda found: {"cuda_driver": cuda_driver_version() if found.gpus else None},
+    "nvcc": lambda found: {"nvcc": nvcc_version()},
+    "torch_cuda": lambda found: {"torch_cuda": torch_cuda_build()},
+    "cudnn": lambda found: {"cudnn": cudnn_version()},
+    "packages": lambda found: {"packages": {name: package_version(name) for name in PACKAGES}},
+    "trtexec": lambda found: {"trtexec": shutil.which("trtexec")},
+}
+
+
+class _FoundOnRead:
+    """A field of MachineProbe, found the first time it is read and kept in the instance
+    (as functools.cached_property; a field with a default is also a class attribute of
+    Probe, which this shadows)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Probe | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        for key, value in _FINDERS[self.name](instance).items():
+            instance.__dict__[key] = value
+        return instance.__dict__[self.name]
+
+
+class MachineProbe(Probe):
+    """This machine's Probe, each field found the first time something reads it: `atlas
+    plan` of steps that require nothing runs no `nvcc --version` and looks up no package
+    (12 ms of a 0.2 s plan on a machine with the CUDA toolkit). Reading every field (a
+    run records them all, `atlas env` shows them) finds what `Probe` would hold."""
+
+    def __init__(self) -> None:          # nothing found yet: no dataclass __init__
+        pass
+
+
+for _name in _FINDERS:
+    setattr(MachineProbe, _name, _FoundOnRead(_name))
+
+
+class HasCapability:
+    """`capability in it`: does this machine have it, found when first asked (the
+    planner's test; Probe.capabilities() finds them all)."""
+
+    def __init__(self, found: Probe) -> None:
+        self._probe, self._known = found, {}
+
+    def __contains__(self, capability: object) -> bool:
+        if capability not in self._known:
+            self._known[capability] = capability in CAPABILITIES and self._probe.has(str(capability))
+        return self._known[capability]
+
+
+class Hints(Mapping):
+    """Probe.hints(), worked out the first time a skipped step needs one."""
+
+    def __init__(self, found: Probe) -> None:
+        self._probe, self._hints = found, None
+
+    def _all(self) -> dict[str, str]:
+        if self._hints is None:
+            self._hints = self._probe.hints()
+        return self._hints
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 @lru_cache(maxsize=1)
 def probe() -> Probe:
-    gpus, smi_error = query_gpus()
-    return Probe(
-        gpus=gpus,
-        driver=gpus[0].driver if gpus else None,
-        cuda_driver=cuda_driver_version() if gpus else None,
-        nvcc=nvcc_version(),
-        torch_cuda=torch_cuda_build(),
-        cudnn=cudnn_version(),
-        packages={name: package_version(name) for name in PACKAGES},
-        trtexec=shutil.which("trtexec"),
-        nvidia_smi_error=smi_error,
-    )
+    return MachineProbe()
