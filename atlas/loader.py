@@ -174,8 +174,9 @@ def load_project(root: Path, registry: Registry | None = None, checked_paths: di
     `checked_paths` collects, by task ('' for the defaults), (path, where it resolved) of
     every path param checked. `read_ahead`: (path, YAML) of every manifest of tasks/, as
     the caller listed it, read already (manifest_file.read_all; None for one read again
-    here, which reports its problems); `defaults_read`: tasks/project.yaml's, the same way. `prechecked`: the checks of each of
-    them alone, made already (its registry is the one used)."""
+    here, which reports its problems); `defaults_read`: tasks/project.yaml's, the same
+    way. `prechecked`: the checks of each of them alone, made already (its registry is the
+    one used)."""
     # Parsing thousands of manifests allocates millions of small objects that the cyclic
     # GC would scan over and over (a quarter of validate time at 10,000 steps); none of
     # them form cycles that need collecting before we return.

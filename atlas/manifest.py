@@ -91,6 +91,7 @@ def _sbatch_args(values: list[str] | tuple[str, ...]) -> list[str] | tuple[str, 
 
 
 SbatchArgs = Annotated[list[str], AfterValidator(_sbatch_args)]
+SbatchArgTuple = Annotated[tuple[str, ...], AfterValidator(_sbatch_args)]    # the same, frozen
 
 
 class SlurmResources(Strict):
@@ -109,7 +110,7 @@ class SlurmResources(Strict):
     partition: str | None = Field(None, pattern=r"^[A-Za-z0-9_.,-]+$")
     account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     qos: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    extra_args: Annotated[tuple[str, ...], AfterValidator(_sbatch_args)] = ()
+    extra_args: SbatchArgTuple = ()
 
     @field_validator("time", mode="before")
     @classmethod

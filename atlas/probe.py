@@ -333,16 +333,14 @@ for _name in _FINDERS:
 
 
 class HasCapability:
-    """`capability in it`: does this machine have it, found when first asked (the
-    planner's test; Probe.capabilities() finds them all)."""
+    """`capability in it`: does this machine have it, its fields found when first asked
+    (the planner's test; Probe.capabilities() finds them all)."""
 
     def __init__(self, found: Probe) -> None:
-        self._probe, self._known = found, {}
+        self._probe = found
 
     def __contains__(self, capability: object) -> bool:
-        if capability not in self._known:
-            self._known[capability] = capability in CAPABILITIES and self._probe.has(str(capability))
-        return self._known[capability]
+        return capability in CAPABILITIES and self._probe.has(str(capability))
 
 
 class Hints(Mapping):
